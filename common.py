@@ -1,0 +1,83 @@
+"""Helpers every script shares: one-line errors for bad input, crash-safe file writes, device choice."""
+import argparse
+import difflib
+import os
+import sys
+import tempfile
+
+
+class UserError(Exception):
+    """Something the user can fix (a path, a flag, a file). Printed as one line, no traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one-line UserErrors, with close matches for unknown flags."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            flags = [o for action in self._actions for o in action.option_strings]
+            for arg in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(arg.split("=")[0], flags, n=3, cutoff=0.6)
+                if close:
+                    message += f" (did you mean {', '.join(close)}?)"
+        raise UserError(f"{message}; see {self.prog} --help")
+
+
+def run_main(main):
+    """Run a script's main(); a UserError becomes `error: ...` on stderr and exit status 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def atomic_write(path, write_fn):
+    """Write `path` so that a crash at any moment leaves either the old file or the new one.
+
+    `write_fn(f)` writes into a temporary file in the same folder (same file system, so the
+    final rename is atomic); it is flushed and fsynced before it replaces `path`.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+    # make the rename itself durable
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def resolve_device(name, local_rank=0, distributed=False):
+    """The torch device to use; 'auto' = cuda > mps > cpu. Under DDP each rank takes its own GPU."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    kind = name.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device={name} but CUDA is not available here; use --device=cpu (or auto)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device={name} but MPS is not available here; use --device=cpu (or auto)")
+    if kind == "cuda" and distributed:
+        name = f"cuda:{local_rank}"
+    return name

@@ -1,0 +1,176 @@
+"""Every training knob and its default, in one place.
+
+Edit the values here, or override any of them on the command line:
+    python train.py --batch_size=64 --learning_rate 3e-4
+    python train.py presets/gpu.py --max_iters=2000     (a preset file first; later flags win)
+A value is parsed with the type of its default; an unknown name is an error listing close matches.
+"""
+import builtins
+import difflib
+import os
+
+from common import UserError
+
+# --- I/O ---
+data_dir = "data"  # folder with train.bin / validation.bin / meta.json written by prepare.py
+out_dir = "out"  # checkpoints, metrics.csv and loss.png go here
+init_from = "scratch"  # 'scratch' starts a new run; 'resume' continues from out_dir/ckpt.pt
+checkpoint_interval = 250  # save the latest state to out_dir/ckpt.pt every this many steps
+
+# --- system ---
+device = "auto"  # 'auto' picks cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = "auto"  # 'auto' = bfloat16 where supported, else float16 on CUDA, float32 on CPU/MPS
+compile = "auto"  # torch.compile the model: 'auto' = on CUDA only, 'true' or 'false'
+seed = 1337  # seeds weight init, dropout and batch sampling (each DDP rank offsets it)
+
+# --- model (GPT-2 style; the defaults are the seed's architecture, ~30.0M parameters) ---
+n_layer = 6  # transformer blocks
+n_head = 6  # attention heads per block; must divide n_embd
+n_embd = 384  # width of the residual stream
+block_size = 128  # context length in tokens
+dropout = 0.1  # dropout on embeddings, attention weights and residual branches
+bias = True  # biases in Linear and LayerNorm layers, as in GPT-2
+
+# --- batch: tokens per optimizer step = batch_size * block_size * gradient_accumulation_steps ---
+batch_size = 32  # sequences per micro-batch (per GPU); raise it on a big GPU, lower the next one
+gradient_accumulation_steps = 32  # micro-batches summed per optimizer step (divided across DDP ranks)
+
+# --- optimizer: AdamW, weight decay on 2-D weights only ---
+learning_rate = 1e-3  # peak learning rate, reached after warmup
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip the global gradient norm to this; 0 disables clipping
+
+# --- schedule, counted in optimizer steps ---
+max_iters = 5000  # optimizer steps in the whole run
+warmup_iters = 200  # linear warmup from 0 to learning_rate
+lr_decay_iters = 5000  # cosine decay from learning_rate down to min_lr ends here
+min_lr = 1e-4  # floor of the schedule, usually learning_rate / 10
+
+# --- evaluation and logging ---
+eval_interval = 250  # evaluate (and maybe save the best model) every this many steps
+eval_iters = 50  # batches per split in each evaluation
+log_interval = 10  # print a training log line every this many steps
+
+CHOICES = {
+    "init_from": ("scratch", "resume"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "compile": ("auto", "true", "false"),
+}
+
+
+def defaults():
+    """The knobs above as a dict, name -> default value."""
+    return {
+        name: value
+        for name, value in globals().items()
+        if not name.startswith("_") and name.islower() and isinstance(value, (bool, int, float, str))
+    }
+
+
+def _typed(name, text, default):
+    """Parse the command-line string `text` with the type of the knob's default."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        return text
+    except ValueError:
+        raise UserError(f"--{name}={text!r} is not a valid {kind.__name__} (default is {default!r})") from None
+
+
+def _check_name(name, known):
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else "; see config.py for the list"
+        raise UserError(f"unknown config key '{name}'{hint}")
+
+
+def _apply_preset(path, cfg):
+    """Execute a preset file (plain `name = value` lines) and take its knobs."""
+    if not os.path.isfile(path):
+        raise UserError(f"preset file {path} does not exist (presets live in presets/)")
+    scope = {}
+    with open(path) as f:
+        source = f.read()
+    try:
+        exec(builtins.compile(source, path, "exec"), scope)  # `compile` here is the knob
+    except Exception as e:
+        raise UserError(f"preset file {path} failed to run: {type(e).__name__}: {e}") from None
+    for name, value in scope.items():
+        if name.startswith("_") or not isinstance(value, (bool, int, float, str)):
+            continue
+        _check_name(name, cfg)
+        if type(value) is not type(cfg[name]) and not (type(cfg[name]) is float and type(value) is int):
+            raise UserError(f"{path}: {name} = {value!r} should be a {type(cfg[name]).__name__}")
+        cfg[name] = type(cfg[name])(value)
+
+
+def parse_args(argv):
+    """Defaults, then preset files, then --name=value / --name value flags, in order given."""
+    cfg = defaults()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            if arg.endswith(".py"):
+                _apply_preset(arg, cfg)
+                i += 1
+                continue
+            raise UserError(f"unexpected argument '{arg}': use --name=value, or a preset file like presets/gpu.py")
+        if "=" in arg:
+            name, text = arg[2:].split("=", 1)
+        else:
+            name = arg[2:]
+            if i + 1 >= len(argv):
+                raise UserError(f"--{name} needs a value, as --{name}=VALUE")
+            i += 1
+            text = argv[i]
+        _check_name(name, cfg)
+        cfg[name] = _typed(name, text, cfg[name])
+        i += 1
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg):
+    """Refuse impossible settings before any work starts."""
+    for name, allowed in CHOICES.items():
+        if cfg[name].lower() not in allowed:
+            raise UserError(f"--{name}={cfg[name]!r} must be one of: {', '.join(allowed)}")
+        cfg[name] = cfg[name].lower()
+    for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
+                 "eval_interval", "eval_iters", "log_interval", "checkpoint_interval"):
+        if cfg[name] < 1:
+            raise UserError(f"--{name}={cfg[name]} must be at least 1")
+    for name in ("max_iters", "warmup_iters", "lr_decay_iters"):
+        if cfg[name] < 0:
+            raise UserError(f"--{name}={cfg[name]} must not be negative")
+    if cfg["lr_decay_iters"] < cfg["warmup_iters"]:
+        raise UserError(f"lr_decay_iters={cfg['lr_decay_iters']} must be at least warmup_iters={cfg['warmup_iters']}")
+    if cfg["n_embd"] % cfg["n_head"]:
+        raise UserError(f"n_embd={cfg['n_embd']} is not divisible by n_head={cfg['n_head']}; "
+                        "pick n_embd as a multiple of n_head")
+    if not 0.0 <= cfg["dropout"] < 1.0:
+        raise UserError(f"--dropout={cfg['dropout']} must be in [0, 1)")
+    if cfg["learning_rate"] <= 0:
+        raise UserError(f"--learning_rate={cfg['learning_rate']} must be positive")
+    if not 0.0 <= cfg["min_lr"] <= cfg["learning_rate"]:
+        raise UserError(f"min_lr={cfg['min_lr']} must be between 0 and learning_rate={cfg['learning_rate']}")
+    for name in ("beta1", "beta2"):
+        if not 0.0 <= cfg[name] < 1.0:
+            raise UserError(f"--{name}={cfg[name]} must be in [0, 1)")
+    for name in ("weight_decay", "grad_clip"):
+        if cfg[name] < 0:
+            raise UserError(f"--{name}={cfg[name]} must not be negative")
+    return cfg

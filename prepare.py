@@ -1,0 +1,269 @@
+"""Tokenize TinyStories with the GPT-2 tokenizer into flat uint16 token files.
+
+    python prepare.py                                 # roneneldan/TinyStories from the Hugging Face hub
+    python prepare.py --input stories/ --val-input val.txt    # local files, no hub
+
+Writes OUT_DIR/train.bin and OUT_DIR/validation.bin (np.uint16 token ids, every story followed by
+the end-of-text token 50256) and OUT_DIR/meta.json (tokenizer, sizes, token and byte counts).
+Local formats: .txt in the TinyStories layout (stories separated by a line `<|endoftext|>`),
+.jsonl / .json with a `text` field, .parquet with a `text` column.
+"""
+import collections
+import json
+import multiprocessing
+import os
+import re
+
+import numpy as np
+
+from common import ArgumentParser, UserError, atomic_write, run_main
+from tokenizer import EOT_TOKEN, ENCODING_NAME, VOCAB_SIZE, load_tokenizer
+
+HUB_DATASET = "roneneldan/TinyStories"
+SPLITS = ("train", "validation")
+STORIES_PER_TASK = 512  # one unit of work for a tokenizer process (~0.4 MB of text)
+FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_SEPARATOR = re.compile(r"^<\|endoftext\|>[ \t\r]*$", re.MULTILINE)
+
+
+def find_files(paths):
+    """Expand files and folders into a sorted list of files with a known format."""
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            inside = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+            inside = [p for p in inside if os.path.splitext(p)[1].lower() in FORMATS]
+            if not inside:
+                raise UserError(f"folder {path} holds no {'/'.join(FORMATS)} files")
+            found += inside
+        elif os.path.isfile(path):
+            if os.path.splitext(path)[1].lower() not in FORMATS:
+                raise UserError(f"{path}: unknown format; use one of {', '.join(FORMATS)}")
+            found.append(path)
+        else:
+            raise UserError(f"input path {path} does not exist")
+    kinds = {FORMATS[os.path.splitext(p)[1].lower()] for p in found}
+    if len(kinds) > 1:
+        raise UserError(f"mixed input formats ({', '.join(sorted(kinds))}); give one format per split")
+    for path in found:
+        if os.path.getsize(path) == 0:
+            raise UserError(f"input file {path} is empty")
+    return found
+
+
+def txt_stories(paths, stamps):
+    """Yield {'text': story} from TinyStories-layout .txt files, reading a chunk at a time.
+
+    `stamps` (sizes and mtimes) is unused here; it is part of the arguments only so that the
+    datasets cache is not reused when a file changes.
+    """
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            pending = ""
+            while True:
+                chunk = f.read(1 << 20)
+                pending += chunk
+                # split only up to the last complete line; the rest waits for the next chunk
+                cut = len(pending) if not chunk else pending.rfind("\n") + 1
+                *stories, tail = _SEPARATOR.split(pending[:cut])
+                for story in stories:
+                    yield {"text": story}
+                pending = tail + pending[cut:]
+                if not chunk:
+                    break
+            yield {"text": pending}
+
+
+def load_local(paths):
+    """A datasets.Dataset with a `text` column from local files, via the same `datasets` library."""
+    import datasets
+
+    files = find_files(paths)
+    kind = FORMATS[os.path.splitext(files[0])[1].lower()]
+    try:
+        if kind == "text":
+            stamps = [(os.path.getsize(p), os.path.getmtime(p)) for p in files]
+            ds = datasets.Dataset.from_generator(txt_stories, gen_kwargs={"paths": files, "stamps": stamps})
+        else:
+            ds = datasets.load_dataset(kind, data_files=files, split="train")
+    except Exception as e:
+        cause = e
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            if isinstance(cause, UnicodeDecodeError):
+                break
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, UnicodeDecodeError):
+            raise UserError(f"input is not UTF-8 text ({', '.join(files)}); convert it to UTF-8") from None
+        raise UserError(f"cannot read {', '.join(files)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if "text" not in ds.column_names:
+        raise UserError(f"{', '.join(files)} has no 'text' column (columns: {', '.join(ds.column_names)})")
+    return ds, ", ".join(files)
+
+
+def load_splits(args):
+    """{'train': (dataset, source), 'validation': (dataset, source) or None to hold out from train}."""
+    if args.input is None:
+        if args.val_input:
+            raise UserError("--val-input needs --input too")
+        import datasets
+
+        try:
+            hub = datasets.load_dataset(HUB_DATASET)
+        except Exception as e:
+            raise UserError(f"cannot load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}); "
+                            "without internet pass local files with --input (see README 'Offline use')") from None
+        return {split: (hub[split], f"hf://{HUB_DATASET}/{split}") for split in SPLITS}
+    splits = {"train": load_local(args.input), "validation": None}
+    if args.val_input:
+        splits["validation"] = load_local(args.val_input)
+    return splits
+
+
+def held_out(index, fraction):
+    """Whether story `index` goes to validation: exactly floor(n * fraction) of n, evenly spread."""
+    return int((index + 1) * fraction) > int(index * fraction)
+
+
+_encoder = None
+
+
+def _init_worker():
+    global _encoder
+    _encoder = load_tokenizer()
+
+
+def encode_stories(stories):
+    """Token ids of each non-empty story followed by EOT, concatenated; and the per-story counts."""
+    ids, lengths, text_bytes = [], [], []
+    for story in stories:
+        story = story.strip()
+        if not story:
+            continue
+        tokens = _encoder.encode_ordinary(story)
+        tokens.append(EOT_TOKEN)
+        ids.extend(tokens)
+        lengths.append(len(tokens))
+        text_bytes.append(len(story.encode("utf-8")))
+    return np.array(ids, dtype=np.uint16), lengths, text_bytes
+
+
+def story_batches(dataset, split=None, val_fraction=0.0):
+    """Batches of (split, stories) read through the dataset without loading it all.
+
+    With split=None, whole stories are held out from the dataset for validation by index.
+    """
+    index = 0
+    for start in range(0, len(dataset), STORIES_PER_TASK):
+        texts = dataset[start:start + STORIES_PER_TASK]["text"]
+        if split is not None:
+            yield split, texts
+            continue
+        by_split = {"train": [], "validation": []}
+        for text in texts:
+            by_split["validation" if held_out(index, val_fraction) else "train"].append(text)
+            index += 1
+        for name, chunk in by_split.items():
+            if chunk:
+                yield name, chunk
+
+
+def tokenize_to_files(jobs, out_files, stats, num_proc, total):
+    """Tokenize `jobs` (split, stories) in worker processes and append ids to out_files[split].
+
+    At most a few tasks are in flight at once, so memory stays flat however large the input.
+    """
+    from tqdm import tqdm
+
+    with multiprocessing.Pool(num_proc, initializer=_init_worker) as pool, \
+            tqdm(total=total, unit="story", desc="tokenizing", smoothing=0.1) as bar:
+        in_flight = collections.deque()
+
+        def finish_one():
+            split, result = in_flight.popleft()
+            ids, lengths, text_bytes = result.get()
+            out_files[split].write(ids.tobytes())
+            stats[split]["stories"] += len(lengths)
+            stats[split]["tokens"] += int(ids.size)
+            stats[split]["text_bytes"] += sum(text_bytes)
+            bar.update(len(lengths))
+
+        for split, stories in jobs:
+            in_flight.append((split, pool.apply_async(encode_stories, (stories,))))
+            if len(in_flight) >= 4 * num_proc:
+                finish_one()
+        while in_flight:
+            finish_one()
+
+
+def main():
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--input", nargs="+", metavar="PATH", help="local train files or folders (default: the hub)")
+    parser.add_argument("--val-input", nargs="+", metavar="PATH", help="local validation files or folders")
+    parser.add_argument("--val-fraction", type=float, default=0.01,
+                        help="without --val-input: fraction of --input stories held out for validation")
+    parser.add_argument("--out-dir", default="data", help="where train.bin, validation.bin, meta.json go")
+    parser.add_argument("--num-proc", type=int, default=os.cpu_count(), help="tokenizer processes (default: all cores)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    args = parser.parse_args()
+    if not 0.0 < args.val_fraction < 1.0:
+        raise UserError(f"--val-fraction={args.val_fraction} must be between 0 and 1")
+    if args.num_proc < 1:
+        raise UserError(f"--num-proc={args.num_proc} must be at least 1")
+
+    outputs = [os.path.join(args.out_dir, name) for name in ("train.bin", "validation.bin", "meta.json")]
+    if all(os.path.exists(p) for p in outputs) and not args.force:
+        print(f"{args.out_dir} already holds train.bin, validation.bin and meta.json; skipping (--force to redo)")
+        return
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out-dir {args.out_dir}: {e.strerror}") from None
+    if not os.access(args.out_dir, os.W_OK):
+        raise UserError(f"--out-dir {args.out_dir} is not writable; choose another folder")
+    load_tokenizer()  # fail now, with the offline instructions, rather than inside every worker
+
+    splits = load_splits(args)
+    if splits["validation"] is None:
+        train, source = splits["train"]
+        jobs = story_batches(train, val_fraction=args.val_fraction)
+        sources = {"train": source, "validation": f"{source} (held-out fraction {args.val_fraction})"}
+        total = len(train)
+    else:
+        jobs = (job for split in SPLITS for job in story_batches(splits[split][0], split))
+        sources = {split: splits[split][1] for split in SPLITS}
+        total = sum(len(splits[split][0]) for split in SPLITS)
+
+    stats = {split: {"stories": 0, "tokens": 0, "text_bytes": 0, "source": sources[split]} for split in SPLITS}
+    tmp_paths = {split: os.path.join(args.out_dir, f".{split}.bin.tmp") for split in SPLITS}
+    out_files = {split: open(path, "wb") for split, path in tmp_paths.items()}
+    try:
+        tokenize_to_files(jobs, out_files, stats, args.num_proc, total)
+        for f in out_files.values():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        for split in SPLITS:
+            if stats[split]["tokens"] == 0:
+                raise UserError(f"the {split} split has no stories; give more input, --val-input, or a larger --val-fraction")
+        meta_path = os.path.join(args.out_dir, "meta.json")
+        if os.path.exists(meta_path):  # a stale meta.json must never describe the new .bin files
+            os.remove(meta_path)
+        for split in SPLITS:  # only now do files that look complete appear
+            os.replace(tmp_paths[split], os.path.join(args.out_dir, f"{split}.bin"))
+    finally:
+        for split, f in out_files.items():
+            f.close()
+            if os.path.exists(tmp_paths[split]):
+                os.remove(tmp_paths[split])
+
+    meta = {"tokenizer": ENCODING_NAME, "vocab_size": VOCAB_SIZE, "eot_token": EOT_TOKEN,
+            "dtype": "uint16", "splits": stats}
+    atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    for split in SPLITS:
+        s = stats[split]
+        print(f"{split}: {s['stories']:,} stories, {s['tokens']:,} tokens, {s['text_bytes']:,} bytes of text")
+    print(f"wrote {', '.join(outputs)}")
+
+
+if __name__ == "__main__":
+    run_main(main)
