@@ -37,9 +37,9 @@ gradient_accumulation_steps = 32  # micro-batches summed per optimizer step (div
 
 # --- optimizer: AdamW, weight decay on 2-D weights only ---
 learning_rate = 1e-3  # peak learning rate, reached after warmup
-weight_decay = 0.1
-beta1 = 0.9
-beta2 = 0.95
+weight_decay = 0.1  # decoupled weight decay (AdamW), on 2-D weights only
+beta1 = 0.9  # AdamW momentum
+beta2 = 0.95  # AdamW second-moment decay; 0.95 rather than 0.999 steadies LM training
 grad_clip = 1.0  # clip the global gradient norm to this; 0 disables clipping
 
 # --- schedule, counted in optimizer steps ---

@@ -160,6 +160,8 @@ def story_batches(dataset, split=None, val_fraction=0.0):
             continue
         by_split = {"train": [], "validation": []}
         for text in texts:
+            if not text.strip():  # empty stories are dropped anyway; they must not take a validation slot
+                continue
             by_split["validation" if held_out(index, val_fraction) else "train"].append(text)
             index += 1
         for name, chunk in by_split.items():

@@ -100,7 +100,7 @@ def load_meta(data_dir, block_size):
 
 
 def get_batch(data_dir, split, batch_size, block_size, rng, device):
-    """A random batch of windows: x = tokens[i:i+T], y = tokens[i+1:i+T+1] (the next token)."""
+    """A batch of windows at random places: x = tokens[i:i+T], y = tokens[i+1:i+T+1] (the next token)."""
     # Re-open the memmap each batch: a long-lived np.memmap keeps every page it touched (a leak).
     data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
     starts = rng.integers(0, len(data) - block_size, size=batch_size)
@@ -126,20 +126,28 @@ def get_lr(step, cfg):
 
 # ----------------------------------------------------------------------------- state
 
-def rng_state(batch_rng):
-    """Every random generator that training draws from, so that resume is bit-exact."""
+def batch_rng(seed, step, micro_batch):
+    """The random stream that picks the windows of one micro-batch.
+
+    It depends only on the step and the micro-batch's index within the global batch (rank *
+    micro-batches per rank + micro-step), so each rank reads different windows, the global batch
+    is the same whatever the number of processes, and resuming at a step needs no sampler state.
+    """
+    return np.random.default_rng([seed, step, micro_batch])
+
+
+def rng_state():
+    """The generators dropout (and anything else random) draws from, so that resume is bit-exact."""
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "batches": batch_rng.bit_generator.state}
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def set_rng_state(state, batch_rng):
+def set_rng_state(state):
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    batch_rng.bit_generator.state = state["batches"]
 
 
 def save_torch(obj, path):
@@ -220,9 +228,6 @@ def main():
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
 
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
-    random.seed(cfg["seed"] + rank)
-    np.random.seed(cfg["seed"] + rank)
-    batch_rng = np.random.default_rng(cfg["seed"] + rank)  # each rank samples different windows
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (outside autocast) on tensor cores
         torch.backends.cudnn.allow_tf32 = True
@@ -236,6 +241,9 @@ def main():
                                           device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     step, best_val_loss, rows = 0, float("inf"), []
+    torch.manual_seed(cfg["seed"] + rank)  # after the init: each rank its own dropout masks
+    random.seed(cfg["seed"] + rank)
+    np.random.seed(cfg["seed"] + rank)
 
     if cfg["init_from"] == "resume":
         checkpoint = load_checkpoint(ckpt_path, device)
@@ -254,11 +262,10 @@ def main():
             raise UserError(f"{ckpt_path} is not a usable train.py checkpoint ({type(e).__name__}); "
                             "start again with --init_from=scratch and a new --out_dir") from None
         if len(rng_states) == world_size:
-            set_rng_state(rng_states[rank], batch_rng)
+            set_rng_state(rng_states[rank])
         else:
             log(f"note: the checkpoint was written by {len(rng_states)} processes, now {world_size}: "
-                "resuming with fresh random streams (not bit-identical to an uninterrupted run)")
-            batch_rng = np.random.default_rng(cfg["seed"] + rank + step)
+                "dropout continues with fresh random streams (not bit-identical to an uninterrupted run)")
         rows = read_metrics(out_dir, step) if master else []
         log(f"resuming from {ckpt_path} at step {step} (best val loss {best_val_loss:.4f})")
     resumed_at = step if cfg["init_from"] == "resume" else None
@@ -305,10 +312,10 @@ def main():
         return losses
 
     def checkpoint_state():
-        states = [rng_state(batch_rng)]
+        states = [rng_state()]
         if distributed:
             states = [None] * world_size
-            torch.distributed.all_gather_object(states, rng_state(batch_rng))
+            torch.distributed.all_gather_object(states, rng_state())
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "model_args": model_args, "config": cfg, "step": step, "best_val_loss": best_val_loss, "rng": states}
 
@@ -321,7 +328,12 @@ def main():
     tokens_per_byte = val_meta["tokens"] / max(val_meta["text_bytes"], 1)
     stop = StopRequest()
     start_time = time.time()
-    x, y = get_batch(data_dir, "train", batch_size, block_size, batch_rng, device)
+
+    def train_batch(step, micro_step):
+        rng = batch_rng(cfg["seed"], step, rank * accum_steps + micro_step)
+        return get_batch(data_dir, "train", batch_size, block_size, rng, device)
+
+    x, y = train_batch(step, 0)
     last_log_time, last_log_step = time.time(), step
 
     while True:
@@ -369,7 +381,8 @@ def main():
                 with autocast:
                     _, loss = model(x, y)
                     loss = loss / accum_steps  # the sum over micro-steps is the mean over the batch
-                x, y = get_batch(data_dir, "train", batch_size, block_size, batch_rng, device)  # overlaps the GPU
+                # fetch the next micro-batch while the GPU works on this one
+                x, y = train_batch(step + 1, 0) if last else train_batch(step, micro_step + 1)
                 scaler.scale(loss).backward()
             step_loss += loss.detach()
         loss_value = all_mean(step_loss.item())  # the same verdict on every rank

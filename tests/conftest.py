@@ -48,3 +48,39 @@ def write_txt(path, stories):
     with open(path, "w", encoding="utf-8") as f:
         for story in stories:
             f.write(story + "\n<|endoftext|>\n")
+
+
+def run_script(script, *args, cwd=None, timeout=300):
+    """Run one of the project's scripts as a user would; return the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_error(result, *fragments):
+    """A bad-input failure: non-zero exit, one `error:` line naming the problem, no traceback."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+# A model small enough to train in seconds on a CPU (the GPT-2 vocabulary stays: the data uses it).
+TINY_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--compile=false"]
+TINY_RUN = TINY_MODEL + ["--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2",
+                         "--log_interval=1", "--warmup_iters=2", "--lr_decay_iters=20"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, offline_tokenizer):
+    """train.bin / validation.bin / meta.json of 300 synthetic stories, made once per session."""
+    folder = tmp_path_factory.mktemp("tiny-data")
+    write_txt(folder / "stories.txt", make_stories(300))
+    result = run_script("prepare.py", "--input", folder / "stories.txt", "--out-dir", folder / "data",
+                        "--val-fraction", "0.1")
+    assert result.returncode == 0, result.stderr
+    return folder / "data"

@@ -1,0 +1,135 @@
+"""prepare.py: every input format gives GPT-2 ids + EOT per story, in files that match meta.json."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_clean_error, make_stories, run_script, write_txt
+from tokenizer import EOT_TOKEN, load_tokenizer
+
+
+def expected_ids(stories):
+    enc = load_tokenizer()
+    return [t for story in stories for t in enc.encode_ordinary(story) + [EOT_TOKEN]]
+
+
+def write_jsonl(path, stories):
+    with open(path, "w", encoding="utf-8") as f:
+        for story in stories:
+            f.write(json.dumps({"text": story, "id": 1}) + "\n")
+
+
+def write_parquet(path, stories):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": stories}), path)
+
+
+WRITERS = {"stories.txt": write_txt, "stories.jsonl": write_jsonl, "stories.parquet": write_parquet}
+
+
+@pytest.mark.parametrize("filename", sorted(WRITERS))
+def test_each_format_gives_gpt2_ids_plus_eot_per_story(tmp_path, filename):
+    train, val = make_stories(20, seed=1), make_stories(5, seed=2)
+    train[3] = "Émile saw a café. It was \"très\" nice — 😊!\nThe end."  # non-ASCII survives
+    WRITERS[filename](tmp_path / filename, train)
+    WRITERS[filename](tmp_path / ("val_" + filename), val)
+    result = run_script("prepare.py", "--input", tmp_path / filename, "--val-input", tmp_path / ("val_" + filename),
+                        "--out-dir", tmp_path / "data")
+    assert result.returncode == 0, result.stderr
+    assert np.fromfile(tmp_path / "data/train.bin", dtype=np.uint16).tolist() == expected_ids(train)
+    assert np.fromfile(tmp_path / "data/validation.bin", dtype=np.uint16).tolist() == expected_ids(val)
+
+
+def test_bin_files_match_meta_json(tiny_data):
+    meta = json.loads((tiny_data / "meta.json").read_text())
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_token"], meta["dtype"]) == ("gpt2", 50257, 50256, "uint16")
+    for split in ("train", "validation"):
+        tokens = np.memmap(tiny_data / f"{split}.bin", dtype=np.uint16, mode="r")
+        info = meta["splits"][split]
+        assert len(tokens) == info["tokens"]
+        assert int((tokens == EOT_TOKEN).sum()) == info["stories"]
+        assert tokens[-1] == EOT_TOKEN
+        assert info["text_bytes"] > info["tokens"]  # about 4 bytes of English per GPT-2 token
+    assert meta["splits"]["train"]["stories"] + meta["splits"]["validation"]["stories"] == 300
+
+
+def test_val_fraction_holds_out_whole_stories_the_same_way_each_time(tmp_path):
+    stories = make_stories(200, seed=3)
+    write_txt(tmp_path / "s.txt", stories)
+    for out in ("a", "b"):
+        assert run_script("prepare.py", "--input", tmp_path / "s.txt", "--out-dir", tmp_path / out,
+                          "--val-fraction", "0.05").returncode == 0
+    held = [s for i, s in enumerate(stories) if int((i + 1) * 0.05) > int(i * 0.05)]
+    kept = [s for s in stories if s not in held] if len(set(stories)) == len(stories) else None
+    val = np.fromfile(tmp_path / "a/validation.bin", dtype=np.uint16).tolist()
+    assert len(held) == 10 and val == expected_ids(held)
+    if kept is not None:
+        assert np.fromfile(tmp_path / "a/train.bin", dtype=np.uint16).tolist() == expected_ids(kept)
+    for name in ("train.bin", "validation.bin"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_empty_stories_are_dropped(tmp_path):
+    (tmp_path / "s.txt").write_text("One story.\n<|endoftext|>\n\n   \n<|endoftext|>\nTwo story.\n<|endoftext|>\n")
+    assert run_script("prepare.py", "--input", tmp_path / "s.txt", "--out-dir", tmp_path / "d",
+                      "--val-fraction", "0.5").returncode == 0
+    meta = json.loads((tmp_path / "d/meta.json").read_text())
+    assert meta["splits"]["train"]["stories"] + meta["splits"]["validation"]["stories"] == 2
+
+
+def test_existing_outputs_are_kept_unless_force(tmp_path):
+    write_txt(tmp_path / "s.txt", make_stories(50))
+    args = ["--input", tmp_path / "s.txt", "--out-dir", tmp_path / "d", "--val-fraction", "0.1"]
+    assert run_script("prepare.py", *args).returncode == 0
+    write_txt(tmp_path / "s.txt", make_stories(80, seed=9))
+    before = (tmp_path / "d/train.bin").read_bytes()
+    again = run_script("prepare.py", *args)
+    assert again.returncode == 0 and "skipping" in again.stdout
+    assert (tmp_path / "d/train.bin").read_bytes() == before
+    assert run_script("prepare.py", *args, "--force").returncode == 0
+    assert (tmp_path / "d/train.bin").read_bytes() != before
+
+
+def test_a_folder_of_files_is_read_in_order(tmp_path):
+    (tmp_path / "in").mkdir()
+    parts = [make_stories(10, seed=s) for s in (4, 5)]
+    write_txt(tmp_path / "in/b.txt", parts[1])
+    write_txt(tmp_path / "in/a.txt", parts[0])
+    write_txt(tmp_path / "val.txt", make_stories(3))
+    assert run_script("prepare.py", "--input", tmp_path / "in", "--val-input", tmp_path / "val.txt",
+                      "--out-dir", tmp_path / "d").returncode == 0
+    assert np.fromfile(tmp_path / "d/train.bin", dtype=np.uint16).tolist() == expected_ids(parts[0] + parts[1])
+
+
+def test_missing_input_path_is_a_clean_error(tmp_path):
+    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "nope.txt", "--out-dir", tmp_path / "d"),
+                       "does not exist")
+    assert not (tmp_path / "d" / "train.bin").exists()
+
+
+def test_non_utf8_input_is_a_clean_error(tmp_path):
+    (tmp_path / "s.txt").write_bytes("Caf\xe9 story\n<|endoftext|>\n".encode("latin-1") * 10)
+    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out-dir", tmp_path / "d"),
+                       "not UTF-8")
+
+
+def test_empty_input_file_is_a_clean_error(tmp_path):
+    (tmp_path / "s.txt").write_text("")
+    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out-dir", tmp_path / "d"),
+                       "is empty")
+
+
+def test_too_few_stories_for_validation_is_a_clean_error(tmp_path):
+    write_txt(tmp_path / "s.txt", make_stories(5))
+    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out-dir", tmp_path / "d"),
+                       "validation split has no stories")
+    assert not list((tmp_path / "d").glob("*.bin"))
+
+
+def test_missing_tokenizer_files_explain_the_offline_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    write_txt(tmp_path / "s.txt", make_stories(5))
+    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out-dir", tmp_path / "d"),
+                       "tokenizer.py --install")
