@@ -65,6 +65,13 @@ def atomic_write(path, write_fn):
         os.close(dir_fd)
 
 
+def remove_stale_temp_files(folder):
+    """Delete temporary files that atomic_write left behind when a process was killed mid-write."""
+    for name in os.listdir(folder):
+        if name.startswith(".") and name.endswith(".tmp"):
+            os.remove(os.path.join(folder, name))
+
+
 def resolve_device(name, local_rank=0, distributed=False):
     """The torch device to use; 'auto' = cuda > mps > cpu. Under DDP each rank takes its own GPU."""
     import torch

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import config
-from common import UserError, atomic_write, resolve_device, run_main
+from common import UserError, atomic_write, remove_stale_temp_files, resolve_device, run_main
 from model import GPT, GPTConfig, clean_state_dict, load_checkpoint
 
 # Dense bf16 tensor-core peak, TFLOP/s, for the MFU column of the log (datasheet figures).
@@ -138,13 +138,16 @@ def batch_rng(seed, step, micro_batch):
 
 def rng_state():
     """The generators dropout (and anything else random) draws from, so that resume is bit-exact."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)  # weights_only-loadable
+    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state):
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -280,6 +283,7 @@ def main():
         model = DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
     if master:
+        remove_stale_temp_files(out_dir)
         run_config = {"model_args": model_args, "config": cfg, "world_size": world_size}
         atomic_write(os.path.join(out_dir, "config.json"), lambda f: f.write(json.dumps(run_config, indent=2).encode()))
     tokens_per_step = batch_size * block_size * accum_steps * world_size

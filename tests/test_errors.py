@@ -1,0 +1,140 @@
+"""Bad input: one `error:` line saying what is wrong and what to do, non-zero exit, no traceback,
+and nothing already saved is lost."""
+import json
+import shutil
+
+import pytest
+import torch
+
+import train
+from common import UserError
+from conftest import TINY_RUN, assert_clean_error, run_script
+
+
+def train_with(data_dir, out_dir, *flags):
+    return run_script("train.py", f"--data_dir={data_dir}", f"--out_dir={out_dir}", *TINY_RUN, "--max_iters=1",
+                      *flags)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_data, tmp_path_factory):
+    """A finished tiny run (its files are copied by tests that need to damage them)."""
+    out_dir = tmp_path_factory.mktemp("trained")
+    result = train_with(tiny_data, out_dir, "--max_iters=2", "--eval_interval=1")
+    assert result.returncode == 0, result.stderr
+    return out_dir
+
+
+def copy_of(folder, tmp_path):
+    return shutil.copytree(folder, tmp_path / folder.name)
+
+
+def test_missing_data_dir_says_to_run_prepare(tmp_path):
+    assert_clean_error(train_with(tmp_path / "nodata", tmp_path / "out"), "not found", "prepare.py")
+
+
+def test_missing_bin_says_to_run_prepare(tiny_data, tmp_path):
+    data = copy_of(tiny_data, tmp_path)
+    (data / "validation.bin").unlink()
+    assert_clean_error(train_with(data, tmp_path / "out"), "validation.bin not found", "prepare.py")
+
+
+def test_bin_that_does_not_match_meta_json(tiny_data, tmp_path):
+    data = copy_of(tiny_data, tmp_path)
+    with open(data / "train.bin", "ab") as f:
+        f.write(b"\x00")  # one stray byte: not whole uint16 tokens
+    assert_clean_error(train_with(data, tmp_path / "out"), "train.bin holds", "prepare.py --force")
+
+
+def test_meta_json_with_another_dtype(tiny_data, tmp_path):
+    data = copy_of(tiny_data, tmp_path)
+    meta = json.loads((data / "meta.json").read_text())
+    meta["dtype"] = "uint32"
+    (data / "meta.json").write_text(json.dumps(meta))
+    assert_clean_error(train_with(data, tmp_path / "out"), "uint32")
+
+
+def test_validation_split_smaller_than_one_window(tiny_data, tmp_path):
+    data = copy_of(tiny_data, tmp_path)
+    (data / "validation.bin").write_bytes((data / "validation.bin").read_bytes()[:20])  # 10 tokens
+    meta = json.loads((data / "meta.json").read_text())
+    meta["splits"]["validation"]["tokens"] = 10
+    (data / "meta.json").write_text(json.dumps(meta))
+    assert_clean_error(train_with(data, tmp_path / "out"), "validation split has 10 tokens", "fewer than one window")
+
+
+def test_unknown_and_mistyped_knobs(tiny_data, tmp_path):
+    assert_clean_error(train_with(tiny_data, tmp_path / "out", "--learning_rat=1e-3"), "--learning_rate")
+    assert_clean_error(train_with(tiny_data, tmp_path / "out", "--batch_size=abc"), "batch_size", "not a valid int")
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--n_embd=30", "--n_head=4"], "not divisible"),
+    (["--block_size=0"], "block_size=0"),
+    (["--batch_size=0"], "batch_size=0"),
+    (["--min_lr=1", "--learning_rate=1e-3"], "min_lr"),
+])
+def test_impossible_config(tiny_data, tmp_path, flags, fragment):
+    assert_clean_error(train_with(tiny_data, tmp_path / "out", *flags), fragment)
+
+
+def test_cuda_requested_without_cuda(tiny_data, tmp_path):
+    assert_clean_error(train_with(tiny_data, tmp_path / "out", "--device=cuda"), "CUDA is not available")
+
+
+def test_bf16_requested_where_unsupported(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(UserError, match="bfloat16 is not supported"):
+        train.resolve_dtype("bfloat16", "cuda")
+    assert train.resolve_dtype("auto", "cuda") == torch.float16  # auto falls back to fp16 + GradScaler
+    with pytest.raises(UserError, match="float16 needs a GPU"):
+        train.resolve_dtype("float16", "cpu")
+
+
+def test_out_dir_that_cannot_be_created(tiny_data, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    assert_clean_error(train_with(tiny_data, tmp_path / "a_file" / "out"), "cannot create out_dir")
+
+
+def test_corrupt_checkpoint_on_resume_and_sample(trained_run, tiny_data, tmp_path):
+    run = copy_of(trained_run, tmp_path)
+    data = (run / "ckpt.pt").read_bytes()
+    (run / "ckpt.pt").write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
+    (run / "best_model_params.pt").write_bytes(b"not a checkpoint")
+    best_before = (run / "best_model_params.pt").read_bytes()
+    assert_clean_error(train_with(tiny_data, run, "--init_from=resume", "--max_iters=3"), "corrupt or truncated")
+    assert_clean_error(run_script("sample.py", "--out_dir", run), "corrupt or truncated")
+    assert (run / "best_model_params.pt").read_bytes() == best_before
+
+
+def test_resume_without_a_checkpoint(tiny_data, tmp_path):
+    assert_clean_error(train_with(tiny_data, tmp_path / "empty", "--init_from=resume"), "does not exist")
+
+
+def test_checkpoint_of_another_architecture(trained_run, tiny_data, tmp_path):
+    run = copy_of(trained_run, tmp_path)
+    ckpt_before = (run / "ckpt.pt").read_bytes()
+    assert_clean_error(train_with(tiny_data, run, "--init_from=resume", "--n_layer=3", "--max_iters=3"),
+                       "another architecture", "n_layer=2 in the checkpoint but 3 now")
+    assert (run / "ckpt.pt").read_bytes() == ckpt_before
+    config = json.loads((run / "config.json").read_text())
+    config["model_args"]["n_embd"] = 64
+    (run / "config.json").write_text(json.dumps(config))
+    assert_clean_error(run_script("sample.py", "--out_dir", run), "does not fit the architecture")
+
+
+def test_sample_without_a_run(tmp_path):
+    assert_clean_error(run_script("sample.py", "--out_dir", tmp_path / "nothing"), "does not exist", "train")
+
+
+def test_prompt_longer_than_the_context(trained_run):
+    assert_clean_error(run_script("sample.py", "--out_dir", trained_run, "--prompt", "Once upon a time " * 20),
+                       "longer than the model's context of 32")
+
+
+def test_empty_prompt(trained_run):
+    assert_clean_error(run_script("sample.py", "--out_dir", trained_run, "--prompt", "  "), "--prompt is empty")
+
+
+def test_unknown_sample_flag_names_close_matches(trained_run):
+    assert_clean_error(run_script("sample.py", "--out_dir", trained_run, "--temprature=0.5"), "--temperature")

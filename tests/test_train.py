@@ -1,0 +1,134 @@
+"""train.py: batches, exact resume, crash-safe checkpoints, signals, the NaN guard."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from conftest import ROOT, TINY_RUN, assert_clean_error, run_script
+from model import load_checkpoint
+from train import batch_rng, get_batch
+
+
+def train(tiny_data, out_dir, *flags):
+    return run_script("train.py", f"--data_dir={tiny_data}", f"--out_dir={out_dir}", *TINY_RUN, *flags)
+
+
+def test_targets_are_the_inputs_shifted_by_one(tiny_data):
+    tokens = np.memmap(tiny_data / "train.bin", dtype=np.uint16, mode="r")
+    x, y = get_batch(str(tiny_data), "train", 8, 32, batch_rng(0, 0, 0), "cpu")
+    assert x.shape == y.shape == (8, 32) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    for row_x, row_y in zip(x.tolist(), y.tolist()):
+        start = next(i for i in range(len(tokens)) if tokens[i:i + 32].tolist() == row_x)
+        assert tokens[start + 1:start + 33].tolist() == row_y
+
+
+def test_batches_depend_only_on_step_and_micro_batch(tiny_data):
+    def batch(step, micro):
+        return get_batch(str(tiny_data), "train", 4, 32, batch_rng(7, step, micro), "cpu")[0]
+
+    assert torch.equal(batch(3, 1), batch(3, 1))
+    assert not torch.equal(batch(3, 1), batch(3, 2))
+    assert not torch.equal(batch(3, 1), batch(4, 1))
+
+
+def test_run_writes_checkpoints_metrics_and_plot(tiny_data, tmp_path):
+    result = train(tiny_data, tmp_path, "--max_iters=4", "--eval_interval=2")
+    assert result.returncode == 0, result.stderr
+    for name in ("ckpt.pt", "best_model_params.pt", "config.json", "metrics.csv", "loss.png"):
+        assert (tmp_path / name).is_file(), name
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,tokens,train_loss,val_loss,val_perplexity,val_bits_per_byte")
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "2", "4"]
+    assert "tokens/s" in result.stdout and "bits/byte" in result.stdout
+    # best_model_params.pt is a plain state_dict, loadable as the seed loaded it
+    state = torch.load(tmp_path / "best_model_params.pt", weights_only=True)
+    assert "lm_head.weight" in state and "optimizer" not in state
+    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["step"] == 4
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):
+    flags = ["--max_iters=6", "--eval_interval=3", "--dropout=0.1"]  # dropout: its random state must resume too
+    straight = train(tiny_data, tmp_path / "straight", *flags)
+    assert straight.returncode == 0, straight.stderr
+    first = train(tiny_data, tmp_path / "split", "--max_iters=3", *flags[1:])
+    assert first.returncode == 0, first.stderr
+    second = train(tiny_data, tmp_path / "split", "--init_from=resume", *flags)
+    assert second.returncode == 0, second.stderr
+    assert "resuming from" in second.stdout
+    a = load_checkpoint(str(tmp_path / "straight/ckpt.pt"))
+    b = load_checkpoint(str(tmp_path / "split/ckpt.pt"))
+    assert a["step"] == b["step"] == 6
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    strip_time = lambda text: [line.rsplit(",", 1)[0] for line in text.splitlines()]  # noqa: E731
+    assert strip_time((tmp_path / "straight/metrics.csv").read_text()) == \
+        strip_time((tmp_path / "split/metrics.csv").read_text())
+    losses = lambda out: [line.split("| loss ")[1].split(" ")[0] for line in out.splitlines() if "| loss " in line]  # noqa: E731
+    assert losses(straight.stdout) == losses(first.stdout) + losses(second.stdout)
+
+
+def start_training(tiny_data, out_dir, *flags):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={tiny_data}",
+                             f"--out_dir={out_dir}", *TINY_RUN, *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(process, step):
+    """Read the training log until the given step is logged."""
+    for line in process.stdout:
+        if line.startswith(f"step {step}/"):
+            return
+    raise AssertionError(f"training ended before step {step}: {process.stderr.read()}")
+
+
+def test_sigterm_and_sigint_save_the_state_and_say_how_to_resume(tiny_data, tmp_path):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        out_dir = tmp_path / sig.name
+        process = start_training(tiny_data, out_dir, "--max_iters=1000", "--eval_interval=1000")
+        wait_for_step(process, 3)
+        process.send_signal(sig)
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode == 128 + sig, stderr
+        assert "--init_from=resume" in stdout and "Traceback" not in stderr
+        step = load_checkpoint(str(out_dir / "ckpt.pt"))["step"]
+        assert step >= 3
+        resumed = train(tiny_data, out_dir, "--init_from=resume", f"--max_iters={step + 2}", "--eval_interval=1000")
+        assert resumed.returncode == 0, resumed.stderr
+        assert load_checkpoint(str(out_dir / "ckpt.pt"))["step"] == step + 2
+
+
+def test_kill_9_at_random_moments_never_leaves_an_unloadable_checkpoint(tiny_data, tmp_path):
+    rng = random.Random(0)
+    flags = ["--max_iters=400", "--eval_interval=3", "--checkpoint_interval=1"]  # saves all the time
+    for attempt in range(10):
+        resume = ["--init_from=resume"] if (tmp_path / "ckpt.pt").exists() else []
+        process = start_training(tiny_data, tmp_path, *flags, *resume)
+        time.sleep(rng.uniform(2.0, 4.5))  # start-up takes ~2 s; then it saves about every step
+        process.kill()
+        process.wait()
+        for name in ("ckpt.pt", "best_model_params.pt"):
+            if (tmp_path / name).exists():
+                assert isinstance(torch.load(tmp_path / name, weights_only=True), dict), (attempt, name)
+    assert (tmp_path / "ckpt.pt").exists()
+    step = load_checkpoint(str(tmp_path / "ckpt.pt"))["step"]
+    assert step > 0
+    final = train(tiny_data, tmp_path, "--init_from=resume", f"--max_iters={step + 1}", "--eval_interval=1000")
+    assert final.returncode == 0, final.stderr
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # a new run sweeps half-written files
+
+
+def test_nan_loss_stops_without_touching_the_best_weights(tiny_data, tmp_path):
+    assert train(tiny_data, tmp_path, "--max_iters=2", "--eval_interval=1").returncode == 0
+    best_before = (tmp_path / "best_model_params.pt").read_bytes()
+    blown_up = train(tiny_data, tmp_path, "--init_from=resume", "--max_iters=30", "--eval_interval=1",
+                     "--learning_rate=1e30", "--min_lr=0", "--warmup_iters=0", "--grad_clip=0")
+    assert_clean_error(blown_up, "training loss became")
+    assert (tmp_path / "best_model_params.pt").read_bytes() == best_before
+    state = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
