@@ -1,0 +1,55 @@
+"""Data-parallel training with torchrun (gloo on CPU) matches a single process with the same global batch."""
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT, TINY_MODEL, run_script
+from model import load_checkpoint
+
+# 2 ranks x 2 micro-batches = 1 process x 4 micro-batches; no dropout, so the only difference
+# left is the order in which gradients are summed.
+FLAGS = TINY_MODEL + ["--batch_size=4", "--gradient_accumulation_steps=4", "--eval_iters=2", "--log_interval=1",
+                      "--warmup_iters=2", "--lr_decay_iters=20", "--dropout=0", "--eval_interval=2"]
+TOLERANCE = 1e-5  # max |difference| of any weight after 4 steps
+
+
+def torchrun(*args):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               os.path.join(ROOT, "train.py"), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_two_gloo_processes_match_one_process_and_resume(tiny_data, tmp_path):
+    first_half = torchrun(f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'ddp'}", *FLAGS, "--max_iters=2")
+    assert first_half.returncode == 0, first_half.stderr
+    assert "2 process(es)" in first_half.stdout
+    second_half = torchrun(f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'ddp'}", *FLAGS, "--max_iters=4",
+                           "--init_from=resume")
+    assert second_half.returncode == 0, second_half.stderr
+    single = run_script("train.py", f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'single'}", *FLAGS,
+                        "--max_iters=4")
+    assert single.returncode == 0, single.stderr
+
+    ddp_state = load_checkpoint(str(tmp_path / "ddp/ckpt.pt"))
+    single_state = load_checkpoint(str(tmp_path / "single/ckpt.pt"))
+    assert ddp_state["step"] == single_state["step"] == 4
+    assert len(ddp_state["rng"]) == 2  # each rank's random state is kept for resuming
+    worst = max((ddp_state["model"][k] - v).abs().max().item() for k, v in single_state["model"].items())
+    assert worst < TOLERANCE
+
+    # the loss went down, and only rank 0 logged and wrote metrics (one row per evaluation)
+    losses = [float(line.split("| loss ")[1].split()[0]) for line in
+              (first_half.stdout + second_half.stdout).splitlines() if "| loss " in line]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    steps = [row.split(",")[0] for row in (tmp_path / "ddp/metrics.csv").read_text().splitlines()[1:]]
+    assert steps == ["0", "2", "4"]
+
+
+def test_accumulation_steps_must_split_evenly_across_processes(tiny_data, tmp_path):
+    result = torchrun(f"--data_dir={tiny_data}", f"--out_dir={tmp_path}", *FLAGS, "--gradient_accumulation_steps=3",
+                      "--max_iters=1")
+    assert result.returncode != 0
+    assert "error: gradient_accumulation_steps=3 must be divisible by the number of processes (2)" in result.stderr
+    assert not (tmp_path / "ckpt.pt").exists()
