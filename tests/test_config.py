@@ -57,3 +57,9 @@ def test_every_knob_has_a_comment_in_config_py():
     for name in config.defaults():
         line = next(line for line in source if line.startswith(f"{name} = "))
         assert "#" in line, line
+
+
+def test_readme_documents_every_knob():
+    readme = open(config.__file__.replace("config.py", "README.md")).read()
+    missing = [name for name in config.defaults() if f"| `{name}` |" not in readme]
+    assert not missing
