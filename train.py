@@ -30,6 +30,7 @@ from model import GPT, GPTConfig, clean_state_dict, load_checkpoint
 # Dense bf16 tensor-core peak, TFLOP/s, for the MFU column of the log (datasheet figures).
 PEAK_BF16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A10": 125, "L4": 121,
                     "RTX 4090": 165, "RTX 3090": 71}
+TRAIN_STREAM, EVAL_STREAM = 0, 1  # keep training and evaluation batches from sharing random streams
 METRIC_FIELDS = ["step", "tokens", "train_loss", "val_loss", "val_perplexity", "val_bits_per_byte", "lr", "seconds"]
 
 
@@ -133,7 +134,7 @@ def batch_rng(seed, step, micro_batch):
     micro-batches per rank + micro-step), so each rank reads different windows, the global batch
     is the same whatever the number of processes, and resuming at a step needs no sampler state.
     """
-    return np.random.default_rng([seed, step, micro_batch])
+    return np.random.default_rng([seed, TRAIN_STREAM, step, micro_batch])
 
 
 def rng_state():
@@ -277,6 +278,7 @@ def main():
     use_compile = cfg["compile"] == "true" or (cfg["compile"] == "auto" and device_type == "cuda")
     if use_compile:
         model = torch.compile(model)
+    eval_model = model  # compiled, but without DDP's gradient machinery
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -304,12 +306,12 @@ def main():
         model.eval()
         losses = {}
         for offset, split in enumerate(("train", "validation")):
-            eval_rng = np.random.default_rng([cfg["seed"], 1 + offset, rank])
+            eval_rng = np.random.default_rng([cfg["seed"], EVAL_STREAM, offset, rank])
             total = 0.0
             for _ in range(cfg["eval_iters"]):
                 x, y = get_batch(data_dir, split, batch_size, block_size, eval_rng, device)
                 with autocast:
-                    _, loss = raw_model(x, y)
+                    _, loss = eval_model(x, y)
                 total += loss.item()
             losses[split] = all_mean(total / cfg["eval_iters"])
         model.train()
