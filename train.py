@@ -325,10 +325,16 @@ def main():
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "model_args": model_args, "config": cfg, "step": step, "best_val_loss": best_val_loss, "rng": states}
 
+    last_saved_step = step if cfg["init_from"] == "resume" else None  # what ckpt.pt on disk holds
+
     def save_checkpoint():
+        nonlocal last_saved_step
+        if last_saved_step == step:
+            return
         state = checkpoint_state()  # every rank takes part (it gathers their random states)
         if master:
             save_torch(state, ckpt_path)
+        last_saved_step = step
 
     val_meta = meta["splits"]["validation"]
     tokens_per_byte = val_meta["tokens"] / max(val_meta["text_bytes"], 1)
@@ -362,6 +368,7 @@ def main():
                     save_torch(raw_model.state_dict(), os.path.join(out_dir, "best_model_params.pt"))
                 save_checkpoint()
                 log(f"  new best val loss; saved {out_dir}/best_model_params.pt and ckpt.pt")
+            last_log_time, last_log_step = time.time(), step  # keep evaluation out of tokens/s
         if step == cfg["max_iters"] or stop.signum is not None:
             save_checkpoint()
             if step == cfg["max_iters"]:
@@ -371,7 +378,7 @@ def main():
             log(f"stopped by {signal.Signals(stop.signum).name} after step {step}; saved {ckpt_path}. "
                 f"Resume with: python train.py --init_from=resume --out_dir={out_dir} (plus your other flags)")
             break
-        if step % cfg["checkpoint_interval"] == 0 and step != resumed_at and step > 0:
+        if step % cfg["checkpoint_interval"] == 0 and step > 0:
             save_checkpoint()
 
         # --- one optimizer step over accum_steps micro-batches ---
