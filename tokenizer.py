@@ -34,6 +34,12 @@ def cache_dir():
             or os.path.join(tempfile.gettempdir(), "data-gym-cache"))
 
 
+def cached_file(filename):
+    """Where tiktoken keeps `filename` (vocab.bpe or encoder.json): the cache, under the sha1 of its URL."""
+    url, _ = BPE_FILES[filename]
+    return os.path.join(cache_dir(), hashlib.sha1(url.encode()).hexdigest())
+
+
 def load_tokenizer():
     """Return tiktoken's gpt2 Encoding, or raise UserError saying how to get it offline."""
     import tiktoken
@@ -62,7 +68,7 @@ def install(folder=None):
     folder = folder or _packaged_bpe_folder()
     target = cache_dir()
     os.makedirs(target, exist_ok=True)
-    for filename, (url, sha256) in BPE_FILES.items():
+    for filename, (_, sha256) in BPE_FILES.items():
         source = os.path.join(folder, filename)
         if not os.path.isfile(source):
             raise UserError(f"{source} does not exist; FOLDER must hold vocab.bpe and encoder.json")
@@ -70,7 +76,7 @@ def install(folder=None):
             digest = hashlib.sha256(f.read()).hexdigest()
         if digest != sha256:
             raise UserError(f"{source} is not the GPT-2 {filename} (sha256 {digest[:12]}..., expected {sha256[:12]}...)")
-        shutil.copyfile(source, os.path.join(target, hashlib.sha1(url.encode()).hexdigest()))
+        shutil.copyfile(source, cached_file(filename))
     return target
 
 

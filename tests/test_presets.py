@@ -1,0 +1,55 @@
+"""presets/*.py: each parses, later flags win, and cpu_tiny really trains."""
+import csv
+import json
+import os
+
+import pytest
+
+import config
+from conftest import ROOT, run_script
+
+PRESETS = os.path.join(ROOT, "presets")
+
+
+@pytest.mark.parametrize("name", ["seed.py", "gpu.py", "cpu_tiny.py"])
+def test_each_preset_parses_and_sets_only_real_knobs(name):
+    cfg = config.parse_args([os.path.join(PRESETS, name)])
+    assert cfg != config.defaults()
+    assert not os.path.exists(os.path.join(PRESETS, "__init__.py"))  # a folder of files, not a package
+
+
+def tokens_per_step(cfg):
+    return cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"]
+
+
+def test_seed_and_gpu_presets_train_the_seed_model_on_the_seed_batch():
+    seed = config.parse_args([os.path.join(PRESETS, "seed.py")])
+    gpu = config.parse_args([os.path.join(PRESETS, "gpu.py")])
+    for cfg in (seed, gpu):
+        assert (cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["block_size"], cfg["dropout"]) == (6, 6, 384, 128, 0.1)
+        assert tokens_per_step(cfg) == 32 * 128 * 32
+    assert seed["max_iters"] * seed["gradient_accumulation_steps"] == 20000  # the seed's 20000 micro-batches
+    assert (gpu["batch_size"], gpu["dtype"], gpu["compile"]) == (256, "bfloat16", "true")
+
+
+def test_later_flags_win_in_the_order_given():
+    gpu = os.path.join(PRESETS, "gpu.py")
+    assert config.parse_args([gpu, "--batch_size=64", "--max_iters=7"])["batch_size"] == 64
+    assert config.parse_args(["--batch_size=64", gpu])["batch_size"] == 256  # the preset came later
+    tiny = config.parse_args([gpu, os.path.join(PRESETS, "cpu_tiny.py")])
+    assert (tiny["device"], tiny["batch_size"]) == ("cpu", 16)
+
+
+def test_cpu_tiny_trains(tiny_data, tmp_path):
+    out_dir = tmp_path / "out"
+    result = run_script("train.py", "presets/cpu_tiny.py", f"--data_dir={tiny_data}", f"--out_dir={out_dir}",
+                        "--max_iters=6", "--eval_interval=6", "--eval_iters=2", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    with open(out_dir / "config.json") as f:
+        model_args = json.load(f)["model_args"]
+    assert (model_args["n_layer"], model_args["n_embd"], model_args["block_size"]) == (2, 128, 64)
+    with open(out_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [0, 6]
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"]) - 0.5  # it learned something
+    assert (out_dir / "best_model_params.pt").is_file()
