@@ -65,6 +65,16 @@ def atomic_write(path, write_fn):
         os.close(dir_fd)
 
 
+def make_output_dir(path, flag):
+    """Create the folder `path` if needed; a UserError naming `flag` if it cannot be made or written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {flag} {path}: {e.strerror}; choose another {flag}") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path} is not writable; choose another {flag}")
+
+
 def remove_stale_temp_files(folder):
     """Delete temporary files that atomic_write left behind when a process was killed mid-write."""
     for name in os.listdir(folder):

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from common import ArgumentParser, UserError, atomic_write, run_main
+from common import ArgumentParser, UserError, atomic_write, make_output_dir, run_main
 from model import load_model
 from tokenizer import BPE_FILES, EOT_TOKEN, cache_dir, cached_file
 
@@ -127,10 +127,7 @@ def main():
         raise UserError(f"{args.to} is not empty; pass --force to overwrite its files, or choose another --to")
     checkpoint = args.checkpoint or os.path.join(args.out_dir, "best_model_params.pt")
     model = load_model(checkpoint, "cpu")
-    try:
-        os.makedirs(args.to, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --to {args.to}: {e.strerror}") from None
+    make_output_dir(args.to, "--to")
 
     write_safetensors(os.path.join(args.to, "model.safetensors"), hf_state_dict(model))
     write_json(os.path.join(args.to, "config.json"), hf_config(model.config))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import config
-from common import UserError, atomic_write, remove_stale_temp_files, resolve_device, run_main
+from common import UserError, atomic_write, make_output_dir, remove_stale_temp_files, resolve_device, run_main
 from model import GPT, GPTConfig, clean_state_dict, load_checkpoint
 
 # Dense bf16 tensor-core peak, TFLOP/s, for the MFU column of the log (datasheet figures).
@@ -60,15 +60,6 @@ def resolve_dtype(name, device_type):
     if name == "float16" and device_type == "cpu":
         raise UserError("--dtype=float16 needs a GPU; on CPU use --dtype=float32 or bfloat16")
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def check_out_dir(out_dir):
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create out_dir {out_dir}: {e.strerror}; choose another --out_dir") from None
-    if not os.access(out_dir, os.W_OK):
-        raise UserError(f"out_dir {out_dir} is not writable; choose another --out_dir")
 
 
 # ----------------------------------------------------------------------------- data
@@ -226,7 +217,7 @@ def main():
         raise UserError(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by "
                         f"the number of processes ({world_size}) to keep the global batch")
     accum_steps = cfg["gradient_accumulation_steps"] // world_size
-    check_out_dir(cfg["out_dir"])
+    make_output_dir(cfg["out_dir"], "--out_dir")
     meta = load_meta(cfg["data_dir"], cfg["block_size"])
     out_dir, data_dir, block_size, batch_size = cfg["out_dir"], cfg["data_dir"], cfg["block_size"], cfg["batch_size"]
     ckpt_path = os.path.join(out_dir, "ckpt.pt")

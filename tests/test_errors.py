@@ -93,7 +93,7 @@ def test_bf16_requested_where_unsupported(monkeypatch):
 
 def test_out_dir_that_cannot_be_created(tiny_data, tmp_path):
     (tmp_path / "a_file").write_text("")
-    assert_clean_error(train_with(tiny_data, tmp_path / "a_file" / "out"), "cannot create out_dir")
+    assert_clean_error(train_with(tiny_data, tmp_path / "a_file" / "out"), "cannot create --out_dir")
 
 
 def test_corrupt_checkpoint_on_resume_and_sample(trained_run, tiny_data, tmp_path):
