@@ -1,0 +1,446 @@
+"""Measure the project's speed figures and append them to BENCHMARKS.md.
+
+    python bench.py                          # CPU: every section, about 2 minutes on 2 cores
+    python bench.py --device=cuda            # GPU: bf16 autocast, torch.compile, fused AdamW, micro-batch 256 (presets/gpu.py)
+    python bench.py --sections=train,sample  # some of: ceiling, train, sample, prepare
+    python bench.py --quick --no_record      # a smoke test: fewer repeats, small inputs, nothing appended
+
+Sections (each compared with its target from the issue "Fast: ..."):
+  ceiling  the matmul ceiling: every matmul of a training step of the default model (forward,
+           input gradient, weight gradient of each Linear and the LM head) timed alone, in the
+           layout autograd uses; the ceiling is the fastest of them (the strictest choice: a step
+           made of these matmuls as laid out, FLOP-weighted, is slower, and is printed too).
+  train    the real training step of train.py (forward, backward, gradient clipping, AdamW) at
+           the default model: tokens/s, FLOP/s by model.flops_per_token(), and MFU against the
+           ceiling measured in the same run.
+  sample   200 new tokens from a 4-token prompt, with and without the KV cache, tokens/s and ratio.
+  prepare  prepare.py on synthetic stories at two sizes (>= 50 MB): bytes/s, tokens/s and the peak
+           RSS of its whole process tree, against tiktoken's single-thread encode_ordinary rate.
+Speed depends on what else runs on the machine: the load average is recorded with each run.
+"""
+import datetime
+import json
+import os
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import torch
+
+from common import ArgumentParser, UserError, resolve_device, run_main
+from model import GPT, GPTConfig
+from tokenizer import load_tokenizer
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SECTIONS = ("ceiling", "train", "sample", "prepare")
+# The issue's targets.
+TARGET_MFU = {"cpu": 0.80, "cuda": 0.50}  # of the measured matmul ceiling
+TARGET_SAMPLE_SPEEDUP = 10.0  # cached vs uncached tokens/s
+TARGET_PREPARE = 0.90  # of single-thread encode_ordinary rate x cores
+TARGET_PREPARE_RSS = 1.5e9  # bytes, whole process tree
+
+
+def parse_args(argv):
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (auto picks cuda if present)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of: {', '.join(SECTIONS)}")
+    parser.add_argument("--batch_size", type=int, default=0,
+                        help="training micro-batch (default: 32 on CPU as config.py, 256 on CUDA as presets/gpu.py)")
+    parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
+                        help="torch.compile the training step ('auto' = on CUDA only, as train.py)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--prepare_mb", type=int, nargs=2, default=[50, 100], metavar=("SMALL", "LARGE"),
+                        help="the two input sizes for prepare.py, in MB of text")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and 10/20 MB prepare inputs (smoke test)")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of one training step")
+    parser.add_argument("--no_record", action="store_true", help="print the results only, do not append to BENCHMARKS.md")
+    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the file rows are appended to")
+    parser.add_argument("--note", default="", help="a remark recorded with the row (what was changed, why)")
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise UserError(f"--sections={args.sections!r}: choose from {', '.join(SECTIONS)}")
+    if "train" in sections and "ceiling" not in sections:
+        sections.insert(0, "ceiling")  # MFU needs the ceiling of this run
+    args.sections = [s for s in SECTIONS if s in sections]
+    if args.quick and args.prepare_mb == [50, 100]:
+        args.prepare_mb = [10, 20]
+    if min(args.prepare_mb) < 1:
+        raise UserError("--prepare_mb sizes must be at least 1")
+    return args
+
+
+def synchronize(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn, repeats, device):
+    """Seconds of the fastest of `repeats` calls of fn, after one untimed warm-up call."""
+    fn()
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# ----------------------------------------------------------------------------- ceiling
+
+def step_matmuls(config, tokens):
+    """(name, M, K, N, count) of every matmul in one training step: each Linear's forward x @ W.T,
+    input gradient dy @ W and weight gradient dy.T @ x, and the same three for the LM head."""
+    C, V, L = config.n_embd, config.vocab_size, config.n_layer
+    linears = [("attn.c_attn", C, 3 * C, L), ("attn.c_proj", C, C, L), ("mlp.c_fc", C, 4 * C, L),
+               ("mlp.c_proj", 4 * C, C, L), ("lm_head", C, V, 1)]
+    shapes = []
+    for name, fan_in, fan_out, count in linears:
+        shapes += [(f"{name} fwd", tokens, fan_in, fan_out, count), (f"{name} dx", tokens, fan_out, fan_in, count),
+                   (f"{name} dW", fan_out, tokens, fan_in, count)]
+    return shapes
+
+
+def bench_ceiling(config, tokens, device, dtype, repeats):
+    """FLOP/s of each step matmul alone: (the fastest, the FLOP-weighted rate, per-shape rows)."""
+    total_flops = total_seconds = 0.0
+    rows = []
+    for name, M, K, N, count in step_matmuls(config, tokens):
+        # operands as autograd has them: transposed views for dW (dy.T @ x) and fwd (x @ W.T)
+        a = (torch.randn(K, M, device=device, dtype=dtype).t() if name.endswith("dW")
+             else torch.randn(M, K, device=device, dtype=dtype))
+        b = (torch.randn(N, K, device=device, dtype=dtype).t() if name.endswith("fwd")
+             else torch.randn(K, N, device=device, dtype=dtype))
+        out = torch.empty(M, N, device=device, dtype=dtype)
+        seconds = best_time(lambda: torch.mm(a, b, out=out), repeats, device)
+        flops = 2 * M * K * N
+        rows.append((name, M, K, N, flops / seconds))
+        total_flops += flops * count
+        total_seconds += seconds * count
+    return max(rate for *_, rate in rows), total_flops / total_seconds, rows
+
+
+# ----------------------------------------------------------------------------- train
+
+def bench_train(device, args, ceiling, weighted):
+    """Tokens/s and MFU of train.py's step at the default model, on random tokens."""
+    device_type = device.split(":")[0]
+    cuda = device_type == "cuda"
+    batch_size = args.batch_size
+    use_compile = args.compile == "true" or (args.compile == "auto" and cuda)
+    torch.manual_seed(0)
+    config = GPTConfig()  # the default model, dropout 0.1 included, as train.py builds it
+    model = GPT(config).to(device).train()
+    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), device_type)  # fused AdamW on CUDA
+    step_model = torch.compile(model) if use_compile else model
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=cuda)
+    x = torch.randint(0, config.vocab_size, (batch_size, config.block_size), device=device)
+    y = torch.randint(0, config.vocab_size, (batch_size, config.block_size), device=device)
+    phases = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+
+    def step(timed=False):
+        marks = [time.perf_counter()]
+        with autocast:
+            _, loss = step_model(x, y)
+        if timed:
+            synchronize(device)
+            marks.append(time.perf_counter())
+        loss.backward()
+        if timed:
+            synchronize(device)
+            marks.append(time.perf_counter())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # train.py's default grad_clip
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        marks.append(time.perf_counter())
+        if timed:
+            for name, begin, end in zip(phases, marks, marks[1:]):
+                phases[name] += end - begin
+        return marks[-1] - marks[0]
+
+    warmup, steps = (3, 10) if cuda else (1, 2 if args.quick else 4)
+    for _ in range(warmup):  # compiles, and lets the allocator and caches settle
+        step()
+    seconds = sum(step(timed=True) for _ in range(steps))
+    tokens_per_s = steps * batch_size * config.block_size / seconds
+    flops = model.flops_per_token() * tokens_per_s
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            step()
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=25))
+    return {"batch_size": batch_size, "compile": use_compile, "dtype": "bf16 autocast" if cuda else "fp32",
+            "tokens_per_s": tokens_per_s, "flops": flops, "mfu": flops / ceiling, "mfu_weighted": flops / weighted,
+            "phases_ms": {k: 1e3 * v / steps for k, v in phases.items()}}
+
+
+# ----------------------------------------------------------------------------- sample
+
+def bench_sample(device, quick):
+    """Tokens/s of generate() with and without the KV cache: default model, 4-token prompt, 200 tokens."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig()).to(device).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, 4), device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))  # as sample.py
+    new_tokens = 200
+
+    def run(kv_cache):
+        torch.manual_seed(1)
+        with autocast:
+            return model.generate(prompt, new_tokens, temperature=0.8, top_k=200, kv_cache=kv_cache)  # sample.py defaults
+
+    cached = best_time(lambda: run(True), 1 if quick else 3, device)
+    uncached = best_time(lambda: run(False), 1, device)
+    with autocast:  # the two paths agree (greedy), past block_size too
+        same = torch.equal(model.generate(prompt, new_tokens, temperature=0, kv_cache=True),
+                           model.generate(prompt, new_tokens, temperature=0, kv_cache=False))
+    return {"cached": new_tokens / cached, "uncached": new_tokens / uncached, "speedup": uncached / cached,
+            "greedy_identical": same}
+
+
+# ----------------------------------------------------------------------------- prepare
+
+WORDS = ("once upon a time there was little girl named Lily she liked to play in the park with her dog Max one day "
+         "they found big red ball under tree happy said mom look at this can we go home now Tom boy cat bird sun "
+         "sky friends went down hill ran fast jumped laughed and played all day long then it started rain so got "
+         "wet cold but did not care because were together after that ate cake drank milk slept bed dream about "
+         "fun adventure forest river fish swim water duck frog green grass flower pretty smell nice mommy daddy "
+         "hug kiss love toy car box hat shoe sad cry help friend share kind good bad lesson learned always never "
+         "remember teacher school bus garden moon star night light dark scared brave smiled").split()
+
+
+SYLLABLES = "ba be bi bo bu da de do ka ki ko la li lo ma mi mo na ni no pa pi po ra ri ro sa so ta ti to zu fli gri plo sna tro".split()
+
+
+def write_stories(path, megabytes, seed=0):
+    """A TinyStories-layout .txt of about `megabytes` MB: sentences of children's words, made-up
+    names and dialogue (0.26 GPT-2 tokens per byte, as real TinyStories), each story then a line
+    `<|endoftext|>`."""
+    rng = random.Random(seed)
+
+    def word():
+        if rng.random() < 0.12:  # a made-up name or word: several tokens, like rarer real words
+            made_up = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3)))
+            return made_up.capitalize() if rng.random() < 0.5 else made_up
+        return rng.choice(WORDS)
+
+    def sentence():
+        text = " ".join(word() for _ in range(rng.randint(4, 12))).capitalize() + rng.choice(".!?.")
+        return f'"{text}" said {word()}.' if rng.random() < 0.2 else text
+
+    def story():
+        sentences = [sentence() for _ in range(rng.randint(4, 14))]
+        return " ".join(sentences) if rng.random() < 0.7 else "\n\n".join(sentences)
+
+    pool = [story() + "\n<|endoftext|>\n" for _ in range(4000)]  # tokenizing cost does not depend on repeats
+    target, written = megabytes * 10 ** 6, 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < target:
+            chunk = "".join(rng.choices(pool, k=1000))
+            f.write(chunk)
+            written += len(chunk)
+    return pool
+
+
+def tree_rss(pid):
+    """Resident bytes of process `pid` and all its descendants (from /proc; 0 if it has gone)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * page
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_prepare(text_path, out_dir):
+    """Run prepare.py on one .txt; (seconds, peak RSS of its process tree, meta.json)."""
+    command = [sys.executable, os.path.join(ROOT, "prepare.py"), "--input", text_path, "--out-dir", out_dir, "--force"]
+    start = time.perf_counter()
+    env = {**os.environ, "HF_DATASETS_CACHE": os.path.join(out_dir, "hf-cache")}  # no cache left behind
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = 0
+
+    def watch():
+        nonlocal peak
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - start
+    watcher.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"prepare.py failed:\n{stderr[-2000:]}")
+    with open(os.path.join(out_dir, "meta.json")) as f:
+        return seconds, peak, json.load(f)
+
+
+def bench_prepare(sizes_mb):
+    """prepare.py's bytes/s and peak RSS at two input sizes, and tiktoken's single-thread rate."""
+    enc = load_tokenizer()
+    work = tempfile.mkdtemp(prefix="bench-prepare-")
+    pool = write_stories(os.path.join(work, "probe.txt"), 0)  # the stories the inputs are made of
+    # single-thread baseline: encode_ordinary per story, as prepare.py's workers see them
+    stories = [s.split("\n<|endoftext|>")[0].strip() for s in pool] * 3
+    text_bytes = sum(len(s.encode("utf-8")) for s in stories)
+    seconds = best_time(lambda: [enc.encode_ordinary(s) for s in stories], 2, "cpu")
+    single = text_bytes / seconds
+    cores = os.cpu_count()
+    runs = []
+    for mb in sorted(sizes_mb):
+        text_path = os.path.join(work, f"stories_{mb}mb.txt")
+        write_stories(text_path, mb)
+        seconds, peak, meta = run_prepare(text_path, os.path.join(work, f"data_{mb}mb"))
+        splits = meta["splits"].values()
+        nbytes, tokens = sum(s["text_bytes"] for s in splits), sum(s["tokens"] for s in splits)
+        runs.append({"mb": mb, "seconds": seconds, "bytes_per_s": nbytes / seconds, "tokens_per_s": tokens / seconds,
+                     "peak_rss": peak, "bytes": nbytes})
+        os.remove(text_path)
+    subprocess.run(["rm", "-rf", work])
+    small, large = runs[0], runs[-1]
+    # the rate once running: what the larger input costs beyond the smaller (startup cancels out)
+    marginal = (large["bytes"] - small["bytes"]) / max(large["seconds"] - small["seconds"], 1e-9)
+    return {"single_thread": single, "cores": cores, "target_rate": TARGET_PREPARE * single * cores,
+            "runs": runs, "marginal": marginal}
+
+
+# ----------------------------------------------------------------------------- report
+
+def machine():
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name()}"
+    return text
+
+
+def cpu_seconds():
+    """(CPU seconds used by all processes on the machine, by this process and its children)."""
+    import resource
+
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return busy, own
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+def main():
+    args = parse_args(sys.argv[1:])
+    device = resolve_device(args.device)
+    cuda = device.startswith("cuda")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True  # as train.py: fp32 matmuls on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    started, cpu_before = time.time(), cpu_seconds()
+    config = GPTConfig()
+    args.batch_size = batch_size = args.batch_size or (256 if cuda else 32)  # config.py's / presets/gpu.py's
+    lines = []  # the table rows: figure | value | target | verdict
+    print(f"bench on {device}: {machine()}, torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}", flush=True)
+
+    ceiling = weighted = None
+    if "ceiling" in args.sections:
+        dtype = torch.bfloat16 if cuda else torch.float32
+        ceiling, weighted, shapes = bench_ceiling(config, batch_size * config.block_size, device, dtype, 3 if cuda or not args.quick else 1)
+        for name, M, K, N, rate in shapes:
+            print(f"  matmul {name:18s} ({M}x{K})@({K}x{N}): {rate / 1e9:8.1f} GFLOP/s")
+        print(f"ceiling: {ceiling / 1e9:.1f} GFLOP/s, the fastest shape (FLOP-weighted over the step's "
+              f"matmuls: {weighted / 1e9:.1f})", flush=True)
+        lines.append(("matmul ceiling, " + ("bf16" if cuda else "fp32") + ", fastest of the step's shapes",
+                      f"{ceiling / 1e9:,.1f} GFLOP/s", "", ""))
+
+    if "train" in args.sections:
+        r = bench_train(device, args, ceiling, weighted)
+        phases = ", ".join(f"{k} {v:,.0f} ms" for k, v in r["phases_ms"].items())
+        print(f"train: {r['tokens_per_s']:,.0f} tokens/s, {r['flops'] / 1e9:,.1f} GFLOP/s, MFU {100 * r['mfu']:.1f}% "
+              f"of the ceiling ({phases})", flush=True)
+        target = TARGET_MFU["cuda" if cuda else "cpu"]
+        lines.append((f"train step, batch {r['batch_size']}x{config.block_size}, {r['dtype']}, compile {r['compile']}",
+                      f"{r['tokens_per_s']:,.0f} tokens/s, {r['flops'] / 1e9:,.1f} GFLOP/s ({phases} per step)", "", ""))
+        lines.append(("train MFU vs the measured ceiling", f"{100 * r['mfu']:.1f}%", f">= {100 * target:.0f}%",
+                      verdict(r["mfu"] >= target)))
+        lines.append(("train MFU vs the FLOP-weighted mix of the step's matmul shapes (for reference)",
+                      f"{100 * r['mfu_weighted']:.1f}% of {weighted / 1e9:,.1f} GFLOP/s", "", ""))
+
+    if "sample" in args.sections:
+        r = bench_sample(device, args.quick)
+        print(f"sample: {r['cached']:,.1f} tokens/s cached, {r['uncached']:,.1f} uncached, {r['speedup']:.1f}x; "
+              f"greedy identical: {r['greedy_identical']}", flush=True)
+        lines.append(("sample 200 tokens, prompt 4, KV cache", f"{r['cached']:,.1f} tokens/s", "", ""))
+        lines.append(("sample 200 tokens, prompt 4, no cache", f"{r['uncached']:,.1f} tokens/s", "", ""))
+        lines.append(("sample speed-up, cached vs uncached", f"{r['speedup']:.1f}x (greedy tokens identical: "
+                      f"{r['greedy_identical']})", f">= {TARGET_SAMPLE_SPEEDUP:.0f}x",
+                      verdict(r["speedup"] >= TARGET_SAMPLE_SPEEDUP and r["greedy_identical"])))
+
+    if "prepare" in args.sections:
+        r = bench_prepare(args.prepare_mb)
+        lines.append(("tiktoken encode_ordinary, 1 thread, per story", f"{r['single_thread'] / 1e6:.1f} MB/s", "", ""))
+        for run in r["runs"]:
+            print(f"prepare {run['mb']} MB: {run['seconds']:.1f} s, {run['bytes_per_s'] / 1e6:.1f} MB/s, "
+                  f"{run['tokens_per_s'] / 1e6:.2f} M tokens/s, peak RSS {run['peak_rss'] / 1e9:.2f} GB", flush=True)
+            lines.append((f"prepare.py, {run['mb']} MB of text, whole run",
+                          f"{run['bytes_per_s'] / 1e6:.1f} MB/s, {run['tokens_per_s'] / 1e6:.2f} M tokens/s",
+                          f">= {r['target_rate'] / 1e6:.1f} MB/s", verdict(run["bytes_per_s"] >= r["target_rate"])))
+            lines.append((f"prepare.py, {run['mb']} MB, peak RSS of the process tree", f"{run['peak_rss'] / 1e9:.2f} GB",
+                          f"<= {TARGET_PREPARE_RSS / 1e9:.1f} GB", verdict(run["peak_rss"] <= TARGET_PREPARE_RSS)))
+        print(f"prepare: marginal {r['marginal'] / 1e6:.1f} MB/s; target {r['target_rate'] / 1e6:.1f} MB/s "
+              f"(90% of {r['single_thread'] / 1e6:.1f} MB/s x {r['cores']} cores)", flush=True)
+        lines.append(("prepare.py, marginal rate (larger minus smaller run)", f"{r['marginal'] / 1e6:.1f} MB/s",
+                      f">= {r['target_rate'] / 1e6:.1f} MB/s", verdict(r["marginal"] >= r["target_rate"])))
+
+    seconds = time.time() - started
+    (busy_before, own_before), (busy_after, own_after) = cpu_before, cpu_seconds()
+    # what other processes took of the CPUs while this ran: their noise is in the numbers
+    foreign = max(0.0, (busy_after - busy_before) - (own_after - own_before)) / (seconds * os.cpu_count())
+    command = shlex.join(["python", "bench.py"] + sys.argv[1:])
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    record = [f"\n## {when}: `{command}`\n",
+              f"{machine()}; torch {torch.__version__}; device {device}; {seconds / 60:.1f} min; other processes "
+              f"used {100 * foreign:.0f}% of the CPUs meanwhile" + (f"\n\n{args.note}" if args.note else "") + "\n",
+              "| figure | value | target | |", "|---|---|---|---|"]
+    record += [f"| {' | '.join(row)} |" for row in lines]
+    text = "\n".join(record) + "\n"
+    print(text)
+    if not args.no_record:
+        if not os.path.exists(args.output):
+            text = "# Benchmarks\n\nRows appended by `python bench.py`; see its docstring for what each figure means.\n" + text
+        with open(args.output, "a") as f:
+            f.write(text)
+        print(f"appended to {args.output}")
+
+
+if __name__ == "__main__":
+    run_main(main)
