@@ -418,6 +418,7 @@ def main():
             last_log_time, last_log_step = time.time(), step
 
     if distributed:
+        torch.distributed.barrier()  # leave together: no rank tears down while another still talks
         torch.distributed.destroy_process_group()
     if stop.signum is not None:
         sys.exit(128 + stop.signum)
