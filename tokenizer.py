@@ -10,7 +10,6 @@ Both check the files' sha256 against the hashes tiktoken pins, so a wrong file i
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 
 from common import ArgumentParser, UserError, run_main

@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import torch
 
 from conftest import ROOT, TINY_MODEL, run_script
 from model import load_checkpoint
