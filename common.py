@@ -33,6 +33,9 @@ def run_main(main):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # a second Ctrl-C in train.py, or Ctrl-C anywhere else
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def atomic_write(path, write_fn):

@@ -132,3 +132,17 @@ def test_nan_loss_stops_without_touching_the_best_weights(tiny_data, tmp_path):
     assert (tmp_path / "best_model_params.pt").read_bytes() == best_before
     state = load_checkpoint(str(tmp_path / "ckpt.pt"))
     assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tiny_data, tmp_path):
+    # big steps (~1 s), so that the second Ctrl-C lands while the first is still waiting for its step
+    process = start_training(tiny_data, tmp_path, "--max_iters=1000", "--eval_interval=1000",
+                             "--gradient_accumulation_steps=64")
+    wait_for_step(process, 1)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert "stopped by SIGINT" not in stdout
