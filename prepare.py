@@ -268,12 +268,12 @@ def write_splits(args, pool):
         train, source = splits["train"]
         jobs = story_batches(train, val_fraction=args.val_fraction)
         sources = {"train": source, "validation": f"{source} (held-out fraction {args.val_fraction})"}
-        total = len(train) if hasattr(train, "__len__") else None  # a streamed .txt has no known length
     else:
         jobs = (job for split in SPLITS for job in story_batches(splits[split][0], split))
         sources = {split: splits[split][1] for split in SPLITS}
-        total = (sum(len(splits[split][0]) for split in SPLITS)
-                 if all(hasattr(splits[split][0], "__len__") for split in SPLITS) else None)
+    datasets_read = [dataset for dataset, _ in filter(None, splits.values())]
+    # a streamed .txt has no known length: the progress bar then just counts up
+    total = sum(map(len, datasets_read)) if all(hasattr(d, "__len__") for d in datasets_read) else None
 
     stats = {split: {"stories": 0, "tokens": 0, "text_bytes": 0, "source": sources[split]} for split in SPLITS}
     tmp_paths = {split: os.path.join(args.out_dir, f".{split}.bin.tmp") for split in SPLITS}

@@ -316,7 +316,7 @@ def main():
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "model_args": model_args, "config": cfg, "step": step, "best_val_loss": best_val_loss, "rng": states}
 
-    last_saved_step = step if cfg["init_from"] == "resume" else None  # what ckpt.pt on disk holds
+    last_saved_step = resumed_at  # the step whose state ckpt.pt on disk holds
 
     def save_checkpoint():
         nonlocal last_saved_step
