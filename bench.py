@@ -18,6 +18,7 @@ Sections (each compared with its target from the issue "Fast: ..."):
            RSS of its whole process tree, against tiktoken's single-thread encode_ordinary rate.
 Speed depends on what else runs on the machine: the load average is recorded with each run.
 """
+import contextlib
 import datetime
 import json
 import os
@@ -32,9 +33,11 @@ import time
 
 import torch
 
+import cpu_fast_paths
 from common import ArgumentParser, UserError, resolve_device, run_main
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
+from train import train_step
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = ("ceiling", "train", "sample", "prepare")
@@ -131,48 +134,37 @@ def bench_ceiling(config, tokens, device, dtype, repeats):
 # ----------------------------------------------------------------------------- train
 
 def bench_train(device, args, ceiling, weighted):
-    """Tokens/s and MFU of train.py's step at the default model, on random tokens."""
+    """Tokens/s and MFU of train.py's own train_step at the default model, on random tokens."""
     device_type = device.split(":")[0]
     cuda = device_type == "cuda"
     batch_size = args.batch_size
     use_compile = args.compile == "true" or (args.compile == "auto" and cuda)
+    dtype = torch.bfloat16 if cuda else torch.float32  # as presets/gpu.py and config.py on CPU
     torch.manual_seed(0)
     config = GPTConfig()  # the default model, dropout 0.1 included, as train.py builds it
     model = GPT(config).to(device).train()
-    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), device_type)  # fused AdamW on CUDA
+    cpu_fast_paths.enable(model, device, dtype, use_compile)  # as train.py
+    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), device_type)
     step_model = torch.compile(model) if use_compile else model
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=cuda)
+    autocast = torch.autocast(device_type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    scaler = torch.amp.GradScaler(device_type, enabled=False)  # bf16 and fp32 need no loss scaling
     x = torch.randint(0, config.vocab_size, (batch_size, config.block_size), device=device)
     y = torch.randint(0, config.vocab_size, (batch_size, config.block_size), device=device)
-    phases = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    same_batch = lambda micro_step: (x, y)  # noqa: E731
 
-    def step(timed=False):
-        marks = [time.perf_counter()]
-        with autocast:
-            _, loss = step_model(x, y)
-        if timed:
-            synchronize(device)
-            marks.append(time.perf_counter())
-        loss.backward()
-        if timed:
-            synchronize(device)
-            marks.append(time.perf_counter())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # train.py's default grad_clip
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def step():
+        start = time.perf_counter()
+        train_step(step_model, optimizer, scaler, same_batch, 1, autocast, grad_clip=1.0)  # config.py's grad_clip
         synchronize(device)
-        marks.append(time.perf_counter())
-        if timed:
-            for name, begin, end in zip(phases, marks, marks[1:]):
-                phases[name] += end - begin
-        return marks[-1] - marks[0]
+        return time.perf_counter() - start
 
     warmup, steps = (3, 10) if cuda else (1, 2 if args.quick else 4)
     for _ in range(warmup):  # compiles, and lets the allocator and caches settle
         step()
-    seconds = sum(step(timed=True) for _ in range(steps))
+    seconds = sum(step() for _ in range(steps))
     tokens_per_s = steps * batch_size * config.block_size / seconds
     flops = model.flops_per_token() * tokens_per_s
+    peak_memory = torch.cuda.max_memory_allocated(device) if cuda else None
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -183,7 +175,7 @@ def bench_train(device, args, ceiling, weighted):
         print(prof.key_averages().table(sort_by=sort, row_limit=25))
     return {"batch_size": batch_size, "compile": use_compile, "dtype": "bf16 autocast" if cuda else "fp32",
             "tokens_per_s": tokens_per_s, "flops": flops, "mfu": flops / ceiling, "mfu_weighted": flops / weighted,
-            "phases_ms": {k: 1e3 * v / steps for k, v in phases.items()}}
+            "step_ms": 1e3 * seconds / steps, "peak_memory": peak_memory}
 
 
 # ----------------------------------------------------------------------------- sample
@@ -192,6 +184,7 @@ def bench_sample(device, quick):
     """Tokens/s of generate() with and without the KV cache: default model, 4-token prompt, 200 tokens."""
     torch.manual_seed(0)
     model = GPT(GPTConfig()).to(device).eval()
+    cpu_fast_paths.enable(model, device)  # as sample.py
     prompt = torch.randint(0, model.config.vocab_size, (1, 4), device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))  # as sample.py
     new_tokens = 200
@@ -273,7 +266,7 @@ def tree_rss(pid):
 
 def run_prepare(text_path, out_dir):
     """Run prepare.py on one .txt; (seconds, peak RSS of its process tree, meta.json)."""
-    command = [sys.executable, os.path.join(ROOT, "prepare.py"), "--input", text_path, "--out-dir", out_dir, "--force"]
+    command = [sys.executable, os.path.join(ROOT, "prepare.py"), "--input", text_path, "--out_dir", out_dir, "--force"]
     start = time.perf_counter()
     env = {**os.environ, "HF_DATASETS_CACHE": os.path.join(out_dir, "hf-cache")}  # no cache left behind
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -384,12 +377,13 @@ def main():
 
     if "train" in args.sections:
         r = bench_train(device, args, ceiling, weighted)
-        phases = ", ".join(f"{k} {v:,.0f} ms" for k, v in r["phases_ms"].items())
+        detail = f"{r['step_ms']:,.0f} ms per step" + (
+            f", peak memory {r['peak_memory'] / 2**30:.1f} GiB" if r["peak_memory"] is not None else "")
         print(f"train: {r['tokens_per_s']:,.0f} tokens/s, {r['flops'] / 1e9:,.1f} GFLOP/s, MFU {100 * r['mfu']:.1f}% "
-              f"of the ceiling ({phases})", flush=True)
+              f"of the ceiling ({detail})", flush=True)
         target = TARGET_MFU["cuda" if cuda else "cpu"]
         lines.append((f"train step, batch {r['batch_size']}x{config.block_size}, {r['dtype']}, compile {r['compile']}",
-                      f"{r['tokens_per_s']:,.0f} tokens/s, {r['flops'] / 1e9:,.1f} GFLOP/s ({phases} per step)", "", ""))
+                      f"{r['tokens_per_s']:,.0f} tokens/s, {r['flops'] / 1e9:,.1f} GFLOP/s ({detail})", "", ""))
         lines.append(("train MFU vs the measured ceiling", f"{100 * r['mfu']:.1f}%", f">= {100 * target:.0f}%",
                       verdict(r["mfu"] >= target)))
         lines.append(("train MFU vs the FLOP-weighted mix of the step's matmul shapes (for reference)",

@@ -4,6 +4,10 @@ import difflib
 import os
 import sys
 import tempfile
+import traceback
+
+# Set TRACEBACK=1 to see the full Python traceback behind an `error:` line (for a bug report).
+TRACEBACK_ENV = "TRACEBACK"
 
 
 class UserError(Exception):
@@ -16,6 +20,11 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, **kwargs):
         super().__init__(allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
+    def parse_args(self, args=None, namespace=None):
+        """Also accept the dashed spelling of every flag (--out-dir for --out_dir), as older commands used."""
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_args([underscored(arg) for arg in args], namespace)
+
     def error(self, message):
         if message.startswith("unrecognized arguments:"):
             flags = [o for action in self._actions for o in action.option_strings]
@@ -26,11 +35,24 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message}; see {self.prog} --help")
 
 
+def underscored(arg):
+    """`--out-dir=x` -> `--out_dir=x`: only the flag's name changes, never its value."""
+    if not arg.startswith("--"):
+        return arg
+    name, equals, value = arg.partition("=")
+    return "--" + name[2:].replace("-", "_") + equals + value
+
+
 def run_main(main):
-    """Run a script's main(); a UserError becomes `error: ...` on stderr and exit status 2."""
+    """Run a script's main(); a UserError becomes `error: ...` on stderr and exit status 2.
+
+    The one line says what went wrong and what to do; with TRACEBACK=1 in the environment the
+    full traceback, with the exception that caused the error, is printed above it."""
     try:
         main()
     except UserError as e:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # a second Ctrl-C in train.py, or Ctrl-C anywhere else
@@ -73,7 +95,7 @@ def make_output_dir(path, flag):
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {flag} {path}: {e.strerror}; choose another {flag}") from None
+        raise UserError(f"cannot create {flag} {path}: {e.strerror}; choose another {flag}") from e
     if not os.access(path, os.W_OK):
         raise UserError(f"{flag} {path} is not writable; choose another {flag}")
 

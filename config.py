@@ -4,10 +4,12 @@ Edit the values here, or override any of them on the command line:
     python train.py --batch_size=64 --learning_rate 3e-4
     python train.py presets/gpu.py --max_iters=2000     (a preset file first; later flags win)
 A value is parsed with the type of its default; an unknown name is an error listing close matches.
+train.py reads the result as attributes: cfg.batch_size.
 """
 import builtins
 import difflib
 import os
+from types import SimpleNamespace
 
 from common import UserError
 
@@ -106,7 +108,7 @@ def _apply_preset(path, cfg):
     try:
         exec(builtins.compile(source, path, "exec"), scope)  # `compile` here is the knob
     except Exception as e:
-        raise UserError(f"preset file {path} failed to run: {type(e).__name__}: {e}") from None
+        raise UserError(f"preset file {path} failed to run: {type(e).__name__}: {e}") from e
     for name, value in scope.items():
         if name.startswith("_") or not isinstance(value, (bool, int, float, str)):
             continue
@@ -117,7 +119,9 @@ def _apply_preset(path, cfg):
 
 
 def parse_args(argv):
-    """Defaults, then preset files, then --name=value / --name value flags, in order given."""
+    """Defaults, then preset files, then --name=value / --name value flags, in order given.
+
+    Returns the knobs as attributes (cfg.batch_size), checked by validate()."""
     cfg = defaults()
     i = 0
     while i < len(argv):
@@ -136,41 +140,41 @@ def parse_args(argv):
                 raise UserError(f"--{name} needs a value, as --{name}=VALUE")
             i += 1
             text = argv[i]
+        name = name.replace("-", "_")  # --max-iters works as --max_iters
         _check_name(name, cfg)
         cfg[name] = _typed(name, text, cfg[name])
         i += 1
-    validate(cfg)
-    return cfg
+    return validate(SimpleNamespace(**cfg))
 
 
 def validate(cfg):
-    """Refuse impossible settings before any work starts."""
+    """Refuse impossible settings before any work starts; returns cfg (choices lower-cased)."""
     for name, allowed in CHOICES.items():
-        if cfg[name].lower() not in allowed:
-            raise UserError(f"--{name}={cfg[name]!r} must be one of: {', '.join(allowed)}")
-        cfg[name] = cfg[name].lower()
+        value = getattr(cfg, name).lower()
+        if value not in allowed:
+            raise UserError(f"--{name}={getattr(cfg, name)!r} must be one of: {', '.join(allowed)}")
+        setattr(cfg, name, value)
     for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
                  "eval_interval", "eval_iters", "log_interval", "checkpoint_interval"):
-        if cfg[name] < 1:
-            raise UserError(f"--{name}={cfg[name]} must be at least 1")
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name}={getattr(cfg, name)} must be at least 1")
     for name in ("max_iters", "warmup_iters", "lr_decay_iters"):
-        if cfg[name] < 0:
-            raise UserError(f"--{name}={cfg[name]} must not be negative")
-    if cfg["lr_decay_iters"] < cfg["warmup_iters"]:
-        raise UserError(f"lr_decay_iters={cfg['lr_decay_iters']} must be at least warmup_iters={cfg['warmup_iters']}")
-    if cfg["n_embd"] % cfg["n_head"]:
-        raise UserError(f"n_embd={cfg['n_embd']} is not divisible by n_head={cfg['n_head']}; "
-                        "pick n_embd as a multiple of n_head")
-    if not 0.0 <= cfg["dropout"] < 1.0:
-        raise UserError(f"--dropout={cfg['dropout']} must be in [0, 1)")
-    if cfg["learning_rate"] <= 0:
-        raise UserError(f"--learning_rate={cfg['learning_rate']} must be positive")
-    if not 0.0 <= cfg["min_lr"] <= cfg["learning_rate"]:
-        raise UserError(f"min_lr={cfg['min_lr']} must be between 0 and learning_rate={cfg['learning_rate']}")
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name}={getattr(cfg, name)} must not be negative")
+    if cfg.lr_decay_iters < cfg.warmup_iters:
+        raise UserError(f"lr_decay_iters={cfg.lr_decay_iters} must be at least warmup_iters={cfg.warmup_iters}")
+    if cfg.n_embd % cfg.n_head:
+        raise UserError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}; pick n_embd as a multiple of n_head")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"--dropout={cfg.dropout} must be in [0, 1)")
+    if cfg.learning_rate <= 0:
+        raise UserError(f"--learning_rate={cfg.learning_rate} must be positive")
+    if not 0.0 <= cfg.min_lr <= cfg.learning_rate:
+        raise UserError(f"min_lr={cfg.min_lr} must be between 0 and learning_rate={cfg.learning_rate}")
     for name in ("beta1", "beta2"):
-        if not 0.0 <= cfg[name] < 1.0:
-            raise UserError(f"--{name}={cfg[name]} must be in [0, 1)")
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise UserError(f"--{name}={getattr(cfg, name)} must be in [0, 1)")
     for name in ("weight_decay", "grad_clip"):
-        if cfg[name] < 0:
-            raise UserError(f"--{name}={cfg[name]} must not be negative")
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name}={getattr(cfg, name)} must not be negative")
     return cfg

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import cpu_fast_paths
+from checkpoint import load_model
 from common import ArgumentParser, UserError, resolve_device, run_main
-from model import load_model
-from train import load_meta
+from data import bits_per_byte, load_meta
 
 
 @torch.no_grad()
@@ -73,6 +74,7 @@ def main():
     device = resolve_device(args.device)
     checkpoint = args.checkpoint or os.path.join(args.out_dir, "best_model_params.pt")
     model = load_model(checkpoint, device)
+    cpu_fast_paths.enable(model, device)  # only where it is faster: a CPU (here always float32)
     meta = load_meta(args.data_dir, model.config.block_size)
     if meta["vocab_size"] > model.config.vocab_size:
         raise UserError(f"{args.data_dir} has token ids up to {meta['vocab_size'] - 1} but the model's vocabulary "
@@ -84,10 +86,9 @@ def main():
 
     nats, count = evaluate(model, tokens, args.batch_size, device)
     loss = nats / count
-    bits_per_byte = loss / math.log(2) * split["tokens"] / max(split["text_bytes"], 1)  # as train.py logs it
     part = "" if len(tokens) == split["tokens"] else f" (the first {len(tokens):,} of {split['tokens']:,})"
     print(f"{checkpoint} on {args.data_dir}/{args.split}.bin{part}, windows of {model.config.block_size} tokens")
-    print(f"loss {loss:.4f} | perplexity {math.exp(min(loss, 50)):.2f} | {bits_per_byte:.4f} bits/byte | "
+    print(f"loss {loss:.4f} | perplexity {math.exp(min(loss, 50)):.2f} | {bits_per_byte(loss, split):.4f} bits/byte | "
           f"{count:,} tokens evaluated")
 
 

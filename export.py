@@ -16,8 +16,8 @@ import sys
 
 import torch
 
+from checkpoint import load_model
 from common import ArgumentParser, UserError, atomic_write, make_output_dir, run_main
-from model import load_model
 from tokenizer import BPE_FILES, EOT_TOKEN, cache_dir, cached_file
 
 # Our nn.Linear weights are (out, in); GPT-2's Conv1D keeps them as (in, out).

@@ -1,7 +1,7 @@
 """Tokenize TinyStories with the GPT-2 tokenizer into flat uint16 token files.
 
     python prepare.py                                 # roneneldan/TinyStories from the Hugging Face hub
-    python prepare.py --input stories/ --val-input val.txt    # local files, no hub
+    python prepare.py --input stories/ --val_input val.txt   # local files, no hub
 
 Writes OUT_DIR/train.bin and OUT_DIR/validation.bin (np.uint16 token ids, every story followed by
 the end-of-text token 50256) and OUT_DIR/meta.json (tokenizer, sizes, token and byte counts).
@@ -85,8 +85,8 @@ def check_utf8(paths):
                 while chunk := f.read(1 << 24):
                     decoder.decode(chunk)
                 decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise UserError(f"input is not UTF-8 text ({path}); convert it to UTF-8") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"input is not UTF-8 text ({path}: {e.reason}); convert it to UTF-8") from e
 
 
 def txt_examples(paths):
@@ -119,8 +119,8 @@ def load_local(paths):
                 break
             cause = cause.__cause__ or cause.__context__
         if isinstance(cause, UnicodeDecodeError):
-            raise UserError(f"input is not UTF-8 text ({', '.join(files)}); convert it to UTF-8") from None
-        raise UserError(f"cannot read {', '.join(files)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+            raise UserError(f"input is not UTF-8 text ({', '.join(files)}); convert it to UTF-8") from e
+        raise UserError(f"cannot read {', '.join(files)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     if "text" not in ds.column_names:
         raise UserError(f"{', '.join(files)} has no 'text' column (columns: {', '.join(ds.column_names)})")
     return ds, ", ".join(files)
@@ -130,14 +130,14 @@ def load_splits(args):
     """{'train': (dataset, source), 'validation': (dataset, source) or None to hold out from train}."""
     if args.input is None:
         if args.val_input:
-            raise UserError("--val-input needs --input too")
+            raise UserError("--val_input needs --input too")
         import datasets
 
         try:
             hub = datasets.load_dataset(HUB_DATASET)
         except Exception as e:
             raise UserError(f"cannot load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}); "
-                            "without internet pass local files with --input (see README 'Offline use')") from None
+                            "without internet pass local files with --input (see README 'Offline use')") from e
         return {split: (hub[split], f"hf://{HUB_DATASET}/{split}") for split in SPLITS}
     splits = {"train": load_local(args.input), "validation": None}
     if args.val_input:
@@ -237,23 +237,23 @@ def tokenize_to_files(jobs, out_files, stats, pool, num_proc, total):
 def main():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--input", nargs="+", metavar="PATH", help="local train files or folders (default: the hub)")
-    parser.add_argument("--val-input", nargs="+", metavar="PATH", help="local validation files or folders")
-    parser.add_argument("--val-fraction", type=float, default=0.01,
-                        help="without --val-input: fraction of --input stories held out for validation")
-    parser.add_argument("--out-dir", default="data", help="where train.bin, validation.bin, meta.json go")
-    parser.add_argument("--num-proc", type=int, default=os.cpu_count(), help="tokenizer processes (default: all cores)")
+    parser.add_argument("--val_input", nargs="+", metavar="PATH", help="local validation files or folders")
+    parser.add_argument("--val_fraction", type=float, default=0.01,
+                        help="without --val_input: fraction of --input stories held out for validation")
+    parser.add_argument("--out_dir", default="data", help="where train.bin, validation.bin, meta.json go")
+    parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="tokenizer processes (default: all cores)")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     args = parser.parse_args()
     if not 0.0 < args.val_fraction < 1.0:
-        raise UserError(f"--val-fraction={args.val_fraction} must be between 0 and 1")
+        raise UserError(f"--val_fraction={args.val_fraction} must be between 0 and 1")
     if args.num_proc < 1:
-        raise UserError(f"--num-proc={args.num_proc} must be at least 1")
+        raise UserError(f"--num_proc={args.num_proc} must be at least 1")
 
     outputs = [os.path.join(args.out_dir, name) for name in ("train.bin", "validation.bin", "meta.json")]
     if all(os.path.exists(p) for p in outputs) and not args.force:
         print(f"{args.out_dir} already holds train.bin, validation.bin and meta.json; skipping (--force to redo)")
         return
-    make_output_dir(args.out_dir, "--out-dir")
+    make_output_dir(args.out_dir, "--out_dir")
     load_tokenizer()  # fail now, with the offline instructions, rather than inside every worker
     # Start the tokenizer processes before `datasets` is imported: forked later, each would carry
     # a copy of its memory (hundreds of MB across the pool).
@@ -286,7 +286,7 @@ def write_splits(args, pool):
             f.close()
         for split in SPLITS:
             if stats[split]["tokens"] == 0:
-                raise UserError(f"the {split} split has no stories; give more input, --val-input, or a larger --val-fraction")
+                raise UserError(f"the {split} split has no stories; give more input, --val_input, or a larger --val_fraction")
         meta_path = os.path.join(args.out_dir, "meta.json")
         if os.path.exists(meta_path):  # a stale meta.json must never describe the new .bin files
             os.remove(meta_path)

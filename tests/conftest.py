@@ -80,7 +80,7 @@ def tiny_data(tmp_path_factory, offline_tokenizer):
     """train.bin / validation.bin / meta.json of 300 synthetic stories, made once per session."""
     folder = tmp_path_factory.mktemp("tiny-data")
     write_txt(folder / "stories.txt", make_stories(300))
-    result = run_script("prepare.py", "--input", folder / "stories.txt", "--out-dir", folder / "data",
-                        "--val-fraction", "0.1")
+    result = run_script("prepare.py", "--input", folder / "stories.txt", "--out_dir", folder / "data",
+                        "--val_fraction", "0.1")
     assert result.returncode == 0, result.stderr
     return folder / "data"

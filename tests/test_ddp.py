@@ -5,7 +5,7 @@ import sys
 
 
 from conftest import ROOT, TINY_MODEL, run_script
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 
 # 2 ranks x 2 micro-batches = 1 process x 4 micro-batches; no dropout, so the only difference
 # left is the order in which gradients are summed.

@@ -15,7 +15,7 @@ def unigram_entropy(path):
 
 def test_prepare_train_sample_writes_a_story(tmp_path):
     write_txt(tmp_path / "stories.txt", make_stories(400, seed=11))
-    prepared = run_script("prepare.py", "--input", "stories.txt", "--val-fraction", "0.1", cwd=tmp_path)
+    prepared = run_script("prepare.py", "--input", "stories.txt", "--val_fraction", "0.1", cwd=tmp_path)
     assert prepared.returncode == 0, prepared.stderr
 
     trained = run_script("train.py", "--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=64", "--batch_size=16",

@@ -87,8 +87,7 @@ def test_bf16_requested_where_unsupported(monkeypatch):
     with pytest.raises(UserError, match="bfloat16 is not supported"):
         train.resolve_dtype("bfloat16", "cuda")
     assert train.resolve_dtype("auto", "cuda") == torch.float16  # auto falls back to fp16 + GradScaler
-    with pytest.raises(UserError, match="float16 needs a GPU"):
-        train.resolve_dtype("float16", "cpu")
+    assert train.resolve_dtype("float16", "cpu") == torch.float16  # CPU autocast takes float16 (tests use it)
 
 
 def test_out_dir_that_cannot_be_created(tiny_data, tmp_path):
@@ -103,7 +102,7 @@ def test_corrupt_checkpoint_on_resume_and_sample(trained_run, tiny_data, tmp_pat
     (run / "best_model_params.pt").write_bytes(b"not a checkpoint")
     best_before = (run / "best_model_params.pt").read_bytes()
     assert_clean_error(train_with(tiny_data, run, "--init_from=resume", "--max_iters=3"), "corrupt or truncated")
-    assert_clean_error(run_script("sample.py", "--out_dir", run), "corrupt or truncated")
+    assert_clean_error(run_script("sample.py", "--out_dir", run), "is not a checkpoint")
     assert (run / "best_model_params.pt").read_bytes() == best_before
 
 

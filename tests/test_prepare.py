@@ -1,9 +1,12 @@
 """prepare.py: every input format gives GPT-2 ids + EOT per story, in files that match meta.json."""
 import json
+import random
+import re
 
 import numpy as np
 import pytest
 
+import prepare
 from conftest import assert_clean_error, make_stories, run_script, write_txt
 from tokenizer import EOT_TOKEN, load_tokenizer
 
@@ -35,8 +38,8 @@ def test_each_format_gives_gpt2_ids_plus_eot_per_story(tmp_path, filename):
     train[3] = "Émile saw a café. It was \"très\" nice — 😊!\nThe end."  # non-ASCII survives
     WRITERS[filename](tmp_path / filename, train)
     WRITERS[filename](tmp_path / ("val_" + filename), val)
-    result = run_script("prepare.py", "--input", tmp_path / filename, "--val-input", tmp_path / ("val_" + filename),
-                        "--out-dir", tmp_path / "data")
+    result = run_script("prepare.py", "--input", tmp_path / filename, "--val_input", tmp_path / ("val_" + filename),
+                        "--out_dir", tmp_path / "data")
     assert result.returncode == 0, result.stderr
     assert np.fromfile(tmp_path / "data/train.bin", dtype=np.uint16).tolist() == expected_ids(train)
     assert np.fromfile(tmp_path / "data/validation.bin", dtype=np.uint16).tolist() == expected_ids(val)
@@ -59,8 +62,8 @@ def test_val_fraction_holds_out_whole_stories_the_same_way_each_time(tmp_path):
     stories = make_stories(200, seed=3)
     write_txt(tmp_path / "s.txt", stories)
     for out in ("a", "b"):
-        assert run_script("prepare.py", "--input", tmp_path / "s.txt", "--out-dir", tmp_path / out,
-                          "--val-fraction", "0.05").returncode == 0
+        assert run_script("prepare.py", "--input", tmp_path / "s.txt", "--out_dir", tmp_path / out,
+                          "--val_fraction", "0.05").returncode == 0
     held = [s for i, s in enumerate(stories) if int((i + 1) * 0.05) > int(i * 0.05)]
     kept = [s for s in stories if s not in held] if len(set(stories)) == len(stories) else None
     val = np.fromfile(tmp_path / "a/validation.bin", dtype=np.uint16).tolist()
@@ -73,15 +76,15 @@ def test_val_fraction_holds_out_whole_stories_the_same_way_each_time(tmp_path):
 
 def test_empty_stories_are_dropped(tmp_path):
     (tmp_path / "s.txt").write_text("One story.\n<|endoftext|>\n\n   \n<|endoftext|>\nTwo story.\n<|endoftext|>\n")
-    assert run_script("prepare.py", "--input", tmp_path / "s.txt", "--out-dir", tmp_path / "d",
-                      "--val-fraction", "0.5").returncode == 0
+    assert run_script("prepare.py", "--input", tmp_path / "s.txt", "--out_dir", tmp_path / "d",
+                      "--val_fraction", "0.5").returncode == 0
     meta = json.loads((tmp_path / "d/meta.json").read_text())
     assert meta["splits"]["train"]["stories"] + meta["splits"]["validation"]["stories"] == 2
 
 
 def test_existing_outputs_are_kept_unless_force(tmp_path):
     write_txt(tmp_path / "s.txt", make_stories(50))
-    args = ["--input", tmp_path / "s.txt", "--out-dir", tmp_path / "d", "--val-fraction", "0.1"]
+    args = ["--input", tmp_path / "s.txt", "--out_dir", tmp_path / "d", "--val_fraction", "0.1"]
     assert run_script("prepare.py", *args).returncode == 0
     write_txt(tmp_path / "s.txt", make_stories(80, seed=9))
     before = (tmp_path / "d/train.bin").read_bytes()
@@ -98,32 +101,32 @@ def test_a_folder_of_files_is_read_in_order(tmp_path):
     write_txt(tmp_path / "in/b.txt", parts[1])
     write_txt(tmp_path / "in/a.txt", parts[0])
     write_txt(tmp_path / "val.txt", make_stories(3))
-    assert run_script("prepare.py", "--input", tmp_path / "in", "--val-input", tmp_path / "val.txt",
-                      "--out-dir", tmp_path / "d").returncode == 0
+    assert run_script("prepare.py", "--input", tmp_path / "in", "--val_input", tmp_path / "val.txt",
+                      "--out_dir", tmp_path / "d").returncode == 0
     assert np.fromfile(tmp_path / "d/train.bin", dtype=np.uint16).tolist() == expected_ids(parts[0] + parts[1])
 
 
 def test_missing_input_path_is_a_clean_error(tmp_path):
-    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "nope.txt", "--out-dir", tmp_path / "d"),
+    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "nope.txt", "--out_dir", tmp_path / "d"),
                        "does not exist")
     assert not (tmp_path / "d" / "train.bin").exists()
 
 
 def test_non_utf8_input_is_a_clean_error(tmp_path):
     (tmp_path / "s.txt").write_bytes("Caf\xe9 story\n<|endoftext|>\n".encode("latin-1") * 10)
-    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out-dir", tmp_path / "d"),
+    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out_dir", tmp_path / "d"),
                        "not UTF-8")
 
 
 def test_empty_input_file_is_a_clean_error(tmp_path):
     (tmp_path / "s.txt").write_text("")
-    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out-dir", tmp_path / "d"),
+    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out_dir", tmp_path / "d"),
                        "is empty")
 
 
 def test_too_few_stories_for_validation_is_a_clean_error(tmp_path):
     write_txt(tmp_path / "s.txt", make_stories(5))
-    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out-dir", tmp_path / "d"),
+    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out_dir", tmp_path / "d"),
                        "validation split has no stories")
     assert not list((tmp_path / "d").glob("*.bin"))
 
@@ -131,5 +134,30 @@ def test_too_few_stories_for_validation_is_a_clean_error(tmp_path):
 def test_missing_tokenizer_files_explain_the_offline_install(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
     write_txt(tmp_path / "s.txt", make_stories(5))
-    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out-dir", tmp_path / "d"),
+    assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out_dir", tmp_path / "d"),
                        "tokenizer.py --install")
+
+
+def test_txt_stories_split_exactly_at_separator_lines_across_read_chunks(tmp_path):
+    rng = random.Random(0)
+    separators = ["<|endoftext|>", "<|endoftext|> \r", "<|endoftext|>\t"]
+    not_separators = ["x <|endoftext|>", "<|endoftext|>x", " <|endoftext|>"]  # stay inside the story
+    lines = []
+    while sum(map(len, lines)) < 3 << 19:  # 1.5 MB: the file is read in 1 MB chunks
+        lines.append(rng.choice(separators) if rng.random() < 0.2 else
+                     rng.choice(not_separators) if rng.random() < 0.02 else "word " * rng.randint(0, 30))
+    text = rng.choice(separators) + "\n" + "\n".join(lines)  # a separator on the very first line too
+    (tmp_path / "s.txt").write_text(text)
+    reference = re.split(r"^<\|endoftext\|>[ \t\r]*$", text, flags=re.MULTILINE)
+    assert [s.strip() for s in prepare.txt_stories([str(tmp_path / "s.txt")])] == [s.strip() for s in reference]
+
+
+def test_batch_encoding_equals_encode_ordinary_per_story():
+    prepare._init_worker()
+    enc = load_tokenizer()
+    stories = ["Once upon a time.", "  ", "Émile saw a café 😊!\n\nThe end.", " x", "a\n<|endoftext|>"]
+    for batch in (stories[:4], stories):  # the last story holds the EOT text: the per-story path
+        ids, count, text_bytes = prepare.encode_stories(batch)
+        kept = [s.strip() for s in batch if s.strip()]
+        assert ids.dtype.name == "uint16" and (count, text_bytes) == (len(kept), sum(len(s.encode()) for s in kept))
+        assert ids.tolist() == [t for s in kept for t in enc.encode_ordinary(s) + [EOT_TOKEN]]

@@ -14,30 +14,30 @@ PRESETS = os.path.join(ROOT, "presets")
 @pytest.mark.parametrize("name", ["seed.py", "gpu.py", "cpu_tiny.py"])
 def test_each_preset_parses_and_sets_only_real_knobs(name):
     cfg = config.parse_args([os.path.join(PRESETS, name)])
-    assert cfg != config.defaults()
+    assert vars(cfg) != config.defaults()
     assert not os.path.exists(os.path.join(PRESETS, "__init__.py"))  # a folder of files, not a package
 
 
 def tokens_per_step(cfg):
-    return cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"]
+    return cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
 
 
 def test_seed_and_gpu_presets_train_the_seed_model_on_the_seed_batch():
     seed = config.parse_args([os.path.join(PRESETS, "seed.py")])
     gpu = config.parse_args([os.path.join(PRESETS, "gpu.py")])
     for cfg in (seed, gpu):
-        assert (cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["block_size"], cfg["dropout"]) == (6, 6, 384, 128, 0.1)
+        assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.dropout) == (6, 6, 384, 128, 0.1)
         assert tokens_per_step(cfg) == 32 * 128 * 32
-    assert seed["max_iters"] * seed["gradient_accumulation_steps"] == 20000  # the seed's 20000 micro-batches
-    assert (gpu["batch_size"], gpu["dtype"], gpu["compile"]) == (256, "bfloat16", "true")
+    assert seed.max_iters * seed.gradient_accumulation_steps == 20000  # the seed's 20000 micro-batches
+    assert (gpu.batch_size, gpu.dtype, gpu.compile) == (256, "bfloat16", "true")
 
 
 def test_later_flags_win_in_the_order_given():
     gpu = os.path.join(PRESETS, "gpu.py")
-    assert config.parse_args([gpu, "--batch_size=64", "--max_iters=7"])["batch_size"] == 64
-    assert config.parse_args(["--batch_size=64", gpu])["batch_size"] == 256  # the preset came later
+    assert config.parse_args([gpu, "--batch_size=64", "--max_iters=7"]).batch_size == 64
+    assert config.parse_args(["--batch_size=64", gpu]).batch_size == 256  # the preset came later
     tiny = config.parse_args([gpu, os.path.join(PRESETS, "cpu_tiny.py")])
-    assert (tiny["device"], tiny["batch_size"]) == ("cpu", 16)
+    assert (tiny.device, tiny.batch_size) == ("cpu", 16)
 
 
 def test_cpu_tiny_trains(tiny_data, tmp_path):

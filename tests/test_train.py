@@ -5,13 +5,16 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import ROOT, TINY_RUN, assert_clean_error, run_script
-from model import load_checkpoint
-from train import batch_rng, get_batch
+from checkpoint import load_checkpoint
+from data import batch_rng, get_batch
+from train import get_lr
 
 
 def train(tiny_data, out_dir, *flags):
@@ -35,6 +38,18 @@ def test_batches_depend_only_on_step_and_micro_batch(tiny_data):
     assert torch.equal(batch(3, 1), batch(3, 1))
     assert not torch.equal(batch(3, 1), batch(3, 2))
     assert not torch.equal(batch(3, 1), batch(4, 1))
+
+
+def test_lr_schedule_warms_up_peaks_and_decays_to_min_lr():
+    cfg = SimpleNamespace(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, lr_decay_iters=110)
+    assert get_lr(0, cfg) == pytest.approx(1e-4)  # first step: 1/10 of the peak
+    assert get_lr(4, cfg) == pytest.approx(5e-4)
+    assert get_lr(10, cfg) == pytest.approx(1e-3)  # peak right after warmup
+    assert get_lr(60, cfg) == pytest.approx(5.5e-4)  # halfway down the cosine
+    assert get_lr(110, cfg) == pytest.approx(1e-4)
+    assert get_lr(500, cfg) == pytest.approx(1e-4)
+    lrs = [get_lr(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # decays, never rises
 
 
 def test_run_writes_checkpoints_metrics_and_plot(tiny_data, tmp_path):

@@ -1,0 +1,68 @@
+"""checkpoint.py: loading what train.py saves, and saying why a file cannot be loaded."""
+import json
+
+import pytest
+import torch
+
+from checkpoint import load_checkpoint, load_model
+from common import UserError
+from model import GPT, GPTConfig
+
+
+def small_config(**overrides):
+    return GPTConfig(**{**dict(vocab_size=100, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
+                        **overrides})
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(small_config()).eval()
+    idx = torch.randint(0, 100, (2, 16))
+    expected, _ = model(idx)
+    # the two files train.py writes: a full ckpt.pt, and plain weights beside config.json
+    torch.save({"model": model.state_dict(), "model_args": vars(model.config)}, tmp_path / "ckpt.pt")
+    torch.save(model.state_dict(), tmp_path / "best_model_params.pt")
+    (tmp_path / "config.json").write_text(json.dumps({"model_args": vars(model.config)}))
+    for name in ("ckpt.pt", "best_model_params.pt"):
+        loaded = load_model(str(tmp_path / name)).eval()
+        assert torch.equal(loaded(idx)[0], expected)
+
+
+def test_compiled_model_checkpoint_loads_into_a_plain_model(tmp_path):
+    model = GPT(small_config()).eval()
+    compiled_state = torch.compile(model).state_dict()  # names carry the `_orig_mod.` prefix
+    assert all(k.startswith("_orig_mod.") for k in compiled_state)
+    torch.save({"model": compiled_state, "model_args": vars(model.config)}, tmp_path / "ckpt.pt")
+    loaded = load_model(str(tmp_path / "ckpt.pt")).eval()
+    idx = torch.randint(0, 100, (1, 16))
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+    # and the other way: a plain state_dict loads into a compiled wrapper's module
+    torch.compile(GPT(small_config()))._orig_mod.load_state_dict(model.state_dict())
+
+
+def saved_checkpoint(tmp_path):
+    torch.save({"model": GPT(small_config()).state_dict(), "model_args": vars(small_config())}, tmp_path / "ckpt.pt")
+    return tmp_path / "ckpt.pt"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2]), "is corrupt or truncated"),
+    (lambda path: path.write_bytes(b"not a checkpoint, just some text"), "is not a checkpoint (not a file that torch.save wrote)"),
+    (lambda path: path.write_bytes(b""), "is not a checkpoint (an empty file)"),
+])
+def test_a_damaged_or_foreign_file_is_named_for_what_it_is(tmp_path, damage, message):
+    path = saved_checkpoint(tmp_path)
+    damage(path)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as raised:
+        load_checkpoint(str(path))
+    assert raised.value.__cause__ is not None or "not a checkpoint" in message  # the real cause is kept
+
+
+def test_a_folder_is_not_called_a_corrupt_checkpoint(tmp_path):
+    with pytest.raises(UserError, match="is a folder, not a checkpoint file.*best_model_params.pt"):
+        load_checkpoint(str(tmp_path))
+
+
+def test_a_missing_file_says_to_train_first(tmp_path):
+    with pytest.raises(UserError, match="does not exist; train a model first"):
+        load_checkpoint(str(tmp_path / "nothing.pt"))

@@ -1,0 +1,161 @@
+"""cpu_fast_paths.py's spec: each fast path gives what the plain model.py gives (logits, loss,
+gradients, greedy tokens), and enable() switches them on only where they are faster.
+Correctness only; bench.py measures the speed."""
+import pytest
+import torch
+from torch.nn import functional as F
+
+import cpu_fast_paths
+from cpu_fast_paths import LinearCrossEntropy, cheap_dropout, few_rows_linear, linear_cross_entropy
+from model import GPT, GPTConfig
+
+CONFIG = dict(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
+
+
+def plain_and_fast(seed=0, **overrides):
+    """Two models with the same weights: model.py's plain GPT, and one with the fast paths on."""
+    models = []
+    for _ in range(2):
+        torch.manual_seed(seed)
+        models.append(GPT(GPTConfig(**{**CONFIG, **overrides})).eval())
+    assert cpu_fast_paths.enable(models[1], "cpu")
+    return models
+
+
+def plain_loss(h, weight, targets):
+    return F.cross_entropy(h @ weight.t(), targets, ignore_index=-1)
+
+
+# ----------------------------------------------------------------------------- the switch
+
+def test_enable_swaps_the_pieces_and_keeps_the_parameters():
+    plain, fast = plain_and_fast()
+    assert type(fast) is cpu_fast_paths.FusedLossGPT and type(plain) is GPT
+    assert type(fast.transformer.h[0].attn) is cpu_fast_paths.ExplicitAttention
+    assert type(fast.transformer.drop) is cpu_fast_paths.CheapDropout
+    assert type(fast.lm_head) is torch.nn.Linear  # 97 x 64: too small to gain (the default model's are swapped)
+    assert fast.lm_head.weight is fast.transformer.wte.weight  # still tied
+    plain_state, fast_state = plain.state_dict(), fast.state_dict()
+    assert plain_state.keys() == fast_state.keys()
+    assert all(torch.equal(plain_state[k], fast_state[k]) for k in plain_state)
+
+
+@pytest.mark.parametrize("device, dtype, compiled", [
+    ("cuda", torch.float32, False), ("mps", torch.float32, False), ("cpu", torch.bfloat16, False),
+    ("cpu", torch.float16, False), ("cpu", torch.float32, True),
+])
+def test_enable_leaves_the_plain_model_where_it_is_the_fast_one(device, dtype, compiled):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**CONFIG))
+    assert cpu_fast_paths.enable(model, device, dtype, compiled) is False
+    assert type(model) is GPT and all(type(m).__module__ != "cpu_fast_paths" for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- the fused LM-head loss
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 64, 300, 1000])
+def test_chunked_loss_and_gradients_equal_the_plain_cross_entropy(chunk_rows):
+    torch.manual_seed(0)
+    h, weight = torch.randn(300, 16), torch.randn(97, 16)
+    targets = torch.randint(0, 97, (300,))
+    targets[::7] = -1  # ignored positions count neither in the loss nor in the mean
+    h_ref, w_ref = h.clone().requires_grad_(), weight.clone().requires_grad_()
+    expected = plain_loss(h_ref, w_ref, targets)
+    expected.backward()
+    loss, grad_h, grad_weight = linear_cross_entropy(h, weight, targets, chunk_rows=chunk_rows)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_h, h_ref.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_weight, w_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_the_autograd_op_scales_by_the_incoming_gradient_and_survives_retain_graph():
+    torch.manual_seed(0)
+    h, weight = torch.randn(50, 8, requires_grad=True), torch.randn(40, 8, requires_grad=True)
+    targets = torch.randint(0, 40, (50,))
+    (0.25 * plain_loss(h, weight, targets)).backward()
+    expected = h.grad.clone(), weight.grad.clone()
+    h.grad = weight.grad = None
+    loss = LinearCrossEntropy.apply(h, weight, targets)
+    (0.125 * loss).backward(retain_graph=True)
+    (0.125 * loss).backward()  # the saved gradients were not scaled in place by the first call
+    torch.testing.assert_close(h.grad, expected[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(weight.grad, expected[1], rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_loss_is_exact_where_the_target_probability_underflows():
+    # a loss of hundreds of nats: softmax gives the target probability 0, the exact form takes over
+    torch.manual_seed(0)
+    h, weight = 40 * torch.randn(20, 8), torch.randn(30, 8)
+    targets = (h @ weight.t()).argmin(dim=1)
+    expected = plain_loss(h, weight, targets)
+    assert expected.item() > 200
+    loss, _, _ = linear_cross_entropy(h, weight, targets, chunk_rows=8)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_loss_and_gradients_equal_the_plain_model():
+    # the whole model, tied embedding included: the head's gradient adds to the embedding's
+    plain, fast = (m.train() for m in plain_and_fast())
+    x = torch.randint(0, 97, (3, 32), generator=torch.Generator().manual_seed(2))
+    y = torch.roll(x, -1, dims=1)
+    y[0, -5:] = -1
+    losses = []
+    for model in (plain, fast):
+        _, loss = model(x, y)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_evaluation_loss_without_gradients_equals_the_plain_model():
+    plain, fast = plain_and_fast()
+    x = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(3))
+    y = torch.roll(x, -1, dims=1)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x, y)[1], plain(x, y)[1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast(x)[0], plain(x)[0], rtol=1e-5, atol=1e-5)  # logits, without targets
+
+
+# ----------------------------------------------------------------------------- dropout and attention
+
+def test_cheap_dropout_keeps_1_minus_p_and_scales_the_survivors():
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    y = cheap_dropout(x, 0.1)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    assert torch.equal(cheap_dropout(x, 0.1, training=False), x)
+
+
+def test_training_attention_matches_sdpa_when_nothing_is_dropped():
+    # in training with dropout, attention runs as explicit ops with the cheap mask; with a dropout
+    # probability so small that nothing is dropped it must equal the plain model's SDPA
+    plain, fast = (m.train() for m in plain_and_fast(dropout=1e-12))
+    x = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(fast.hidden_states(x), plain.hidden_states(x), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- few-row Linear
+
+@pytest.mark.parametrize("rows", [1, 2, 8])
+@pytest.mark.parametrize("out_features", [4096, 4099])  # 4099: rows left over after the 8 blocks
+@pytest.mark.parametrize("bias", [True, False])
+def test_few_rows_linear_equals_f_linear(rows, out_features, bias):
+    torch.manual_seed(0)
+    x, weight = torch.randn(rows, 64), torch.randn(out_features, 64)
+    b = torch.randn(out_features) if bias else None
+    torch.testing.assert_close(few_rows_linear(x, weight, b), F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(few_rows_linear(x[None], weight, b), F.linear(x[None], weight, b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_greedy_tokens_equal_the_plain_model(kv_cache):
+    # the default model's widths, so that the few-row Linear is used for every layer it applies to
+    plain, fast = plain_and_fast(vocab_size=50257, n_embd=384, n_head=6, block_size=32)
+    assert type(fast.transformer.h[0].mlp.c_fc) is cpu_fast_paths.FewRowsLinear
+    idx = torch.randint(0, 50257, (2, 5), generator=torch.Generator().manual_seed(5))
+    expected = plain.generate(idx, 40, temperature=0, kv_cache=kv_cache)  # crosses block_size: the window jumps
+    assert torch.equal(fast.generate(idx, 40, temperature=0, kv_cache=kv_cache), expected)
