@@ -69,8 +69,10 @@ def assert_clean_error(result, *fragments):
     return errors[0]
 
 
+# The device the tiny-config runs of train.py use: the CPU, or a GPU with TEST_DEVICE=cuda.
+TEST_DEVICE = os.environ.get("TEST_DEVICE", "cpu")
 # A model small enough to train in seconds on a CPU (the GPT-2 vocabulary stays: the data uses it).
-TINY_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--compile=false"]
+TINY_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--compile=false", f"--device={TEST_DEVICE}"]
 TINY_RUN = TINY_MODEL + ["--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2",
                          "--log_interval=1", "--warmup_iters=2", "--lr_decay_iters=20"]
 

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 
 from conftest import ROOT, TINY_MODEL, run_script
 from checkpoint import load_checkpoint
@@ -20,6 +21,7 @@ def torchrun(*args):
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_and_resume(tiny_data, tmp_path):
     first_half = torchrun(f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'ddp'}", *FLAGS, "--max_iters=2")
     assert first_half.returncode == 0, first_half.stderr
@@ -46,6 +48,7 @@ def test_two_gloo_processes_match_one_process_and_resume(tiny_data, tmp_path):
     assert steps == ["0", "2", "4"]
 
 
+@pytest.mark.slow
 def test_accumulation_steps_must_split_evenly_across_processes(tiny_data, tmp_path):
     result = torchrun(f"--data_dir={tiny_data}", f"--out_dir={tmp_path}", *FLAGS, "--gradient_accumulation_steps=3",
                       "--max_iters=1")

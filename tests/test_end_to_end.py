@@ -2,6 +2,7 @@
 import csv
 
 import numpy as np
+import pytest
 
 from conftest import make_stories, run_script, write_txt
 
@@ -13,6 +14,7 @@ def unigram_entropy(path):
     return float(-(p * np.log(p)).sum())
 
 
+@pytest.mark.slow
 def test_prepare_train_sample_writes_a_story(tmp_path):
     write_txt(tmp_path / "stories.txt", make_stories(400, seed=11))
     prepared = run_script("prepare.py", "--input", "stories.txt", "--val_fraction", "0.1", cwd=tmp_path)

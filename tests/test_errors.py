@@ -29,16 +29,19 @@ def copy_of(folder, tmp_path):
     return shutil.copytree(folder, tmp_path / folder.name)
 
 
+@pytest.mark.slow
 def test_missing_data_dir_says_to_run_prepare(tmp_path):
     assert_clean_error(train_with(tmp_path / "nodata", tmp_path / "out"), "not found", "prepare.py")
 
 
+@pytest.mark.slow
 def test_missing_bin_says_to_run_prepare(tiny_data, tmp_path):
     data = copy_of(tiny_data, tmp_path)
     (data / "validation.bin").unlink()
     assert_clean_error(train_with(data, tmp_path / "out"), "validation.bin not found", "prepare.py")
 
 
+@pytest.mark.slow
 def test_bin_that_does_not_match_meta_json(tiny_data, tmp_path):
     data = copy_of(tiny_data, tmp_path)
     with open(data / "train.bin", "ab") as f:
@@ -46,6 +49,7 @@ def test_bin_that_does_not_match_meta_json(tiny_data, tmp_path):
     assert_clean_error(train_with(data, tmp_path / "out"), "train.bin holds", "prepare.py --force")
 
 
+@pytest.mark.slow
 def test_meta_json_with_another_dtype(tiny_data, tmp_path):
     data = copy_of(tiny_data, tmp_path)
     meta = json.loads((data / "meta.json").read_text())
@@ -54,6 +58,7 @@ def test_meta_json_with_another_dtype(tiny_data, tmp_path):
     assert_clean_error(train_with(data, tmp_path / "out"), "uint32")
 
 
+@pytest.mark.slow
 def test_validation_split_smaller_than_one_window(tiny_data, tmp_path):
     data = copy_of(tiny_data, tmp_path)
     (data / "validation.bin").write_bytes((data / "validation.bin").read_bytes()[:20])  # 10 tokens
@@ -63,6 +68,7 @@ def test_validation_split_smaller_than_one_window(tiny_data, tmp_path):
     assert_clean_error(train_with(data, tmp_path / "out"), "validation split has 10 tokens", "fewer than one window")
 
 
+@pytest.mark.slow
 def test_unknown_and_mistyped_knobs(tiny_data, tmp_path):
     assert_clean_error(train_with(tiny_data, tmp_path / "out", "--learning_rat=1e-3"), "--learning_rate")
     assert_clean_error(train_with(tiny_data, tmp_path / "out", "--batch_size=abc"), "batch_size", "not a valid int")
@@ -74,10 +80,12 @@ def test_unknown_and_mistyped_knobs(tiny_data, tmp_path):
     (["--batch_size=0"], "batch_size=0"),
     (["--min_lr=1", "--learning_rate=1e-3"], "min_lr"),
 ])
+@pytest.mark.slow
 def test_impossible_config(tiny_data, tmp_path, flags, fragment):
     assert_clean_error(train_with(tiny_data, tmp_path / "out", *flags), fragment)
 
 
+@pytest.mark.slow
 def test_cuda_requested_without_cuda(tiny_data, tmp_path):
     assert_clean_error(train_with(tiny_data, tmp_path / "out", "--device=cuda"), "CUDA is not available")
 
@@ -90,11 +98,13 @@ def test_bf16_requested_where_unsupported(monkeypatch):
     assert train.resolve_dtype("float16", "cpu") == torch.float16  # CPU autocast takes float16 (tests use it)
 
 
+@pytest.mark.slow
 def test_out_dir_that_cannot_be_created(tiny_data, tmp_path):
     (tmp_path / "a_file").write_text("")
     assert_clean_error(train_with(tiny_data, tmp_path / "a_file" / "out"), "cannot create --out_dir")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_on_resume_and_sample(trained_run, tiny_data, tmp_path):
     run = copy_of(trained_run, tmp_path)
     data = (run / "ckpt.pt").read_bytes()
@@ -106,10 +116,12 @@ def test_corrupt_checkpoint_on_resume_and_sample(trained_run, tiny_data, tmp_pat
     assert (run / "best_model_params.pt").read_bytes() == best_before
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint(tiny_data, tmp_path):
     assert_clean_error(train_with(tiny_data, tmp_path / "empty", "--init_from=resume"), "does not exist")
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture(trained_run, tiny_data, tmp_path):
     run = copy_of(trained_run, tmp_path)
     ckpt_before = (run / "ckpt.pt").read_bytes()
@@ -122,18 +134,22 @@ def test_checkpoint_of_another_architecture(trained_run, tiny_data, tmp_path):
     assert_clean_error(run_script("sample.py", "--out_dir", run), "does not fit the architecture")
 
 
+@pytest.mark.slow
 def test_sample_without_a_run(tmp_path):
     assert_clean_error(run_script("sample.py", "--out_dir", tmp_path / "nothing"), "does not exist", "train")
 
 
+@pytest.mark.slow
 def test_prompt_longer_than_the_context(trained_run):
     assert_clean_error(run_script("sample.py", "--out_dir", trained_run, "--prompt", "Once upon a time " * 20),
                        "longer than the model's context of 32")
 
 
+@pytest.mark.slow
 def test_empty_prompt(trained_run):
     assert_clean_error(run_script("sample.py", "--out_dir", trained_run, "--prompt", "  "), "--prompt is empty")
 
 
+@pytest.mark.slow
 def test_unknown_sample_flag_names_close_matches(trained_run):
     assert_clean_error(run_script("sample.py", "--out_dir", trained_run, "--temprature=0.5"), "--temperature")

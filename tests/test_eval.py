@@ -71,6 +71,7 @@ def run_eval(*args):
     return run_script("eval.py", "--device", "cpu", *args, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_cli_reports_the_full_pass_and_the_same_numbers_twice(tmp_path):
     tokens = random_tokens(BLOCK * 7 + 3, seed=1)
     model = write_run_and_data(tmp_path, tokens)
@@ -90,6 +91,7 @@ def test_cli_reports_the_full_pass_and_the_same_numbers_twice(tmp_path):
     assert float(found[3]) == pytest.approx(loss / math.log(2) / 4, abs=1e-4)  # meta: 4 bytes per token
 
 
+@pytest.mark.slow
 def test_max_tokens_reads_a_prefix(tmp_path):
     tokens = random_tokens(BLOCK * 7 + 3, seed=2)
     model = write_run_and_data(tmp_path, tokens)
@@ -101,6 +103,7 @@ def test_max_tokens_reads_a_prefix(tmp_path):
     assert loss == pytest.approx(nats / count, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_missing_inputs_are_one_line_errors(tmp_path):
     write_run_and_data(tmp_path, random_tokens(100))
     result = run_eval("--out_dir", str(tmp_path / "out"), "--data_dir", str(tmp_path / "nowhere"))

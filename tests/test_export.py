@@ -34,6 +34,7 @@ def export(*args):
     return run_script("export.py", *args, cwd=ROOT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bias", [True, False])
 def test_exported_model_matches_ours(tmp_path, bias):
     ours = save_run(tmp_path / "out", bias=bias)
@@ -58,6 +59,7 @@ def test_exported_model_matches_ours(tmp_path, bias):
     assert torch.equal(ours_greedy, their_greedy)
 
 
+@pytest.mark.slow
 def test_exported_tokenizer_is_gpt2(tmp_path):
     import tokenizer
 
@@ -69,6 +71,7 @@ def test_exported_tokenizer_is_gpt2(tmp_path):
     assert hf_tokenizer.eos_token_id == tokenizer.EOT_TOKEN
 
 
+@pytest.mark.slow
 def test_export_from_full_checkpoint(tmp_path):
     """ckpt.pt carries its architecture, and torch.compile's `_orig_mod.` prefix is stripped."""
     ours = save_run(tmp_path / "out")
@@ -84,6 +87,7 @@ def test_export_from_full_checkpoint(tmp_path):
         assert (ours(tokens)[0] - theirs(tokens).logits).abs().max().item() < 1e-5
 
 
+@pytest.mark.slow
 def test_export_refuses_a_nonempty_folder_and_a_missing_checkpoint(tmp_path):
     save_run(tmp_path / "out")
     (tmp_path / "hf").mkdir()

@@ -32,6 +32,7 @@ def write_parquet(path, stories):
 WRITERS = {"stories.txt": write_txt, "stories.jsonl": write_jsonl, "stories.parquet": write_parquet}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("filename", sorted(WRITERS))
 def test_each_format_gives_gpt2_ids_plus_eot_per_story(tmp_path, filename):
     train, val = make_stories(20, seed=1), make_stories(5, seed=2)
@@ -58,6 +59,7 @@ def test_bin_files_match_meta_json(tiny_data):
     assert meta["splits"]["train"]["stories"] + meta["splits"]["validation"]["stories"] == 300
 
 
+@pytest.mark.slow
 def test_val_fraction_holds_out_whole_stories_the_same_way_each_time(tmp_path):
     stories = make_stories(200, seed=3)
     write_txt(tmp_path / "s.txt", stories)
@@ -74,6 +76,7 @@ def test_val_fraction_holds_out_whole_stories_the_same_way_each_time(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_empty_stories_are_dropped(tmp_path):
     (tmp_path / "s.txt").write_text("One story.\n<|endoftext|>\n\n   \n<|endoftext|>\nTwo story.\n<|endoftext|>\n")
     assert run_script("prepare.py", "--input", tmp_path / "s.txt", "--out_dir", tmp_path / "d",
@@ -82,6 +85,7 @@ def test_empty_stories_are_dropped(tmp_path):
     assert meta["splits"]["train"]["stories"] + meta["splits"]["validation"]["stories"] == 2
 
 
+@pytest.mark.slow
 def test_existing_outputs_are_kept_unless_force(tmp_path):
     write_txt(tmp_path / "s.txt", make_stories(50))
     args = ["--input", tmp_path / "s.txt", "--out_dir", tmp_path / "d", "--val_fraction", "0.1"]
@@ -95,6 +99,7 @@ def test_existing_outputs_are_kept_unless_force(tmp_path):
     assert (tmp_path / "d/train.bin").read_bytes() != before
 
 
+@pytest.mark.slow
 def test_a_folder_of_files_is_read_in_order(tmp_path):
     (tmp_path / "in").mkdir()
     parts = [make_stories(10, seed=s) for s in (4, 5)]
@@ -106,24 +111,28 @@ def test_a_folder_of_files_is_read_in_order(tmp_path):
     assert np.fromfile(tmp_path / "d/train.bin", dtype=np.uint16).tolist() == expected_ids(parts[0] + parts[1])
 
 
+@pytest.mark.slow
 def test_missing_input_path_is_a_clean_error(tmp_path):
     assert_clean_error(run_script("prepare.py", "--input", tmp_path / "nope.txt", "--out_dir", tmp_path / "d"),
                        "does not exist")
     assert not (tmp_path / "d" / "train.bin").exists()
 
 
+@pytest.mark.slow
 def test_non_utf8_input_is_a_clean_error(tmp_path):
     (tmp_path / "s.txt").write_bytes("Caf\xe9 story\n<|endoftext|>\n".encode("latin-1") * 10)
     assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out_dir", tmp_path / "d"),
                        "not UTF-8")
 
 
+@pytest.mark.slow
 def test_empty_input_file_is_a_clean_error(tmp_path):
     (tmp_path / "s.txt").write_text("")
     assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out_dir", tmp_path / "d"),
                        "is empty")
 
 
+@pytest.mark.slow
 def test_too_few_stories_for_validation_is_a_clean_error(tmp_path):
     write_txt(tmp_path / "s.txt", make_stories(5))
     assert_clean_error(run_script("prepare.py", "--input", tmp_path / "s.txt", "--out_dir", tmp_path / "d"),
@@ -131,6 +140,7 @@ def test_too_few_stories_for_validation_is_a_clean_error(tmp_path):
     assert not list((tmp_path / "d").glob("*.bin"))
 
 
+@pytest.mark.slow
 def test_missing_tokenizer_files_explain_the_offline_install(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
     write_txt(tmp_path / "s.txt", make_stories(5))

@@ -40,6 +40,7 @@ def test_later_flags_win_in_the_order_given():
     assert (tiny.device, tiny.batch_size) == ("cpu", 16)
 
 
+@pytest.mark.slow
 def test_cpu_tiny_trains(tiny_data, tmp_path):
     out_dir = tmp_path / "out"
     result = run_script("train.py", "presets/cpu_tiny.py", f"--data_dir={tiny_data}", f"--out_dir={out_dir}",

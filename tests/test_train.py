@@ -1,4 +1,4 @@
-"""train.py: batches, exact resume, crash-safe checkpoints, signals, the NaN guard."""
+"""train.py: the learning-rate schedule, exact resume, crash-safe checkpoints, signals, the NaN guard."""
 import os
 import random
 import signal
@@ -7,37 +7,16 @@ import sys
 import time
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import ROOT, TINY_RUN, assert_clean_error, run_script
 from checkpoint import load_checkpoint
-from data import batch_rng, get_batch
 from train import get_lr
 
 
 def train(tiny_data, out_dir, *flags):
     return run_script("train.py", f"--data_dir={tiny_data}", f"--out_dir={out_dir}", *TINY_RUN, *flags)
-
-
-def test_targets_are_the_inputs_shifted_by_one(tiny_data):
-    tokens = np.memmap(tiny_data / "train.bin", dtype=np.uint16, mode="r")
-    x, y = get_batch(str(tiny_data), "train", 8, 32, batch_rng(0, 0, 0), "cpu")
-    assert x.shape == y.shape == (8, 32) and x.dtype == torch.int64
-    assert torch.equal(x[:, 1:], y[:, :-1])
-    for row_x, row_y in zip(x.tolist(), y.tolist()):
-        start = next(i for i in range(len(tokens)) if tokens[i:i + 32].tolist() == row_x)
-        assert tokens[start + 1:start + 33].tolist() == row_y
-
-
-def test_batches_depend_only_on_step_and_micro_batch(tiny_data):
-    def batch(step, micro):
-        return get_batch(str(tiny_data), "train", 4, 32, batch_rng(7, step, micro), "cpu")[0]
-
-    assert torch.equal(batch(3, 1), batch(3, 1))
-    assert not torch.equal(batch(3, 1), batch(3, 2))
-    assert not torch.equal(batch(3, 1), batch(4, 1))
 
 
 def test_lr_schedule_warms_up_peaks_and_decays_to_min_lr():
@@ -52,6 +31,7 @@ def test_lr_schedule_warms_up_peaks_and_decays_to_min_lr():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # decays, never rises
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoints_metrics_and_plot(tiny_data, tmp_path):
     result = train(tiny_data, tmp_path, "--max_iters=4", "--eval_interval=2")
     assert result.returncode == 0, result.stderr
@@ -67,6 +47,7 @@ def test_run_writes_checkpoints_metrics_and_plot(tiny_data, tmp_path):
     assert load_checkpoint(str(tmp_path / "ckpt.pt"))["step"] == 4
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):
     flags = ["--max_iters=6", "--eval_interval=3", "--dropout=0.1"]  # dropout: its random state must resume too
     straight = train(tiny_data, tmp_path / "straight", *flags)
@@ -102,6 +83,7 @@ def wait_for_step(process, step):
     raise AssertionError(f"training ended before step {step}: {process.stderr.read()}")
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigint_save_the_state_and_say_how_to_resume(tiny_data, tmp_path):
     for sig in (signal.SIGTERM, signal.SIGINT):
         out_dir = tmp_path / sig.name
@@ -118,6 +100,7 @@ def test_sigterm_and_sigint_save_the_state_and_say_how_to_resume(tiny_data, tmp_
         assert load_checkpoint(str(out_dir / "ckpt.pt"))["step"] == step + 2
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_never_leaves_an_unloadable_checkpoint(tiny_data, tmp_path):
     rng = random.Random(0)
     flags = ["--max_iters=400", "--eval_interval=3", "--checkpoint_interval=1"]  # saves all the time
@@ -138,6 +121,7 @@ def test_kill_9_at_random_moments_never_leaves_an_unloadable_checkpoint(tiny_dat
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # a new run sweeps half-written files
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_without_touching_the_best_weights(tiny_data, tmp_path):
     assert train(tiny_data, tmp_path, "--max_iters=2", "--eval_interval=1").returncode == 0
     best_before = (tmp_path / "best_model_params.pt").read_bytes()
@@ -149,6 +133,7 @@ def test_nan_loss_stops_without_touching_the_best_weights(tiny_data, tmp_path):
     assert all(torch.isfinite(t).all() for t in state["model"].values())
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tiny_data, tmp_path):
     # big steps (~1 s), so that the second Ctrl-C lands while the first is still waiting for its step
     process = start_training(tiny_data, tmp_path, "--max_iters=1000", "--eval_interval=1000",
