@@ -5,7 +5,7 @@
     python bench.py --sections=train,sample  # some of: ceiling, train, sample, prepare
     python bench.py --quick --no_record      # a smoke test: fewer repeats, small inputs, nothing appended
 
-Sections (each compared with its target from the issue "Fast: ..."):
+Sections (each compared with its target, the TARGET_* constants below):
   ceiling  the matmul ceiling: every matmul of a training step of the default model (forward,
            input gradient, weight gradient of each Linear and the LM head) timed alone, in the
            layout autograd uses; the ceiling is the fastest of them (the strictest choice: a step
@@ -41,7 +41,7 @@ from train import train_step
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = ("ceiling", "train", "sample", "prepare")
-# The issue's targets.
+# Targets, checked in every row.
 TARGET_MFU = {"cpu": 0.80, "cuda": 0.50}  # of the measured matmul ceiling
 TARGET_SAMPLE_SPEEDUP = 10.0  # cached vs uncached tokens/s
 TARGET_PREPARE = 0.90  # of single-thread encode_ordinary rate x cores

@@ -21,7 +21,7 @@ checkpoint_interval = 250  # save the latest state to out_dir/ckpt.pt every this
 
 # --- system ---
 device = "auto"  # 'auto' picks cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = "auto"  # 'auto' = bfloat16 where supported, else float16 on CUDA, float32 on CPU/MPS
+dtype = "auto"  # autocast: 'auto' = bfloat16 where the GPU has it, else float16 (with a GradScaler) on CUDA, float32 on CPU/MPS
 compile = "auto"  # torch.compile the model: 'auto' = on CUDA only, 'true' or 'false'
 seed = 1337  # seeds weight init, dropout and batch sampling
 

@@ -20,16 +20,17 @@ import numpy as np
 from common import ArgumentParser, UserError, atomic_write, make_output_dir, run_main
 from tokenizer import EOT_TOKEN, ENCODING_NAME, VOCAB_SIZE, load_tokenizer
 
-# prepare.py needs no torch; without this, `datasets` imports it (a second of start-up) when it
+# prepare.py needs no torch; without this, `datasets` imports it (slow to start) when it
 # builds a streaming dataset, to cooperate with torch DataLoader workers.
 os.environ.setdefault("USE_TORCH", "0")
 
 HUB_DATASET = "roneneldan/TinyStories"
 SPLITS = ("train", "validation")
-STORIES_PER_TASK = 2048  # one task for a tokenizer process (~0.9 MB of text; 512 was 15% slower end to end)
+STORIES_PER_TASK = 2048  # stories per task of a tokenizer process: large tasks keep the per-task overhead small
 FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-# A line `<|endoftext|>`, found by its leading newline (a literal prefix: 3x faster than ^...$ with
-# re.MULTILINE); txt_stories puts a newline before each file so that its first line counts too.
+# A line `<|endoftext|>`, found by its leading newline (a literal prefix lets the regex engine
+# skip ahead, which ^...$ with re.MULTILINE does not); txt_stories puts a newline before each file
+# so that its first line counts too.
 _SEPARATOR = re.compile(r"\n<\|endoftext\|>[ \t\r]*(?=\n|\Z)")
 
 
@@ -101,7 +102,7 @@ def load_local(paths):
     .jsonl/.json/.parquet load like the hub's files (datasets.load_dataset, cached as Arrow).
     .txt files in the TinyStories layout become a streaming datasets.IterableDataset: converting
     them into an Arrow cache first would be a single-threaded pass over the whole input before
-    tokenizing could start (a third of a run's time), and a second copy of it on disk.
+    tokenizing could start, and a second copy of it on disk.
     """
     import datasets
 
@@ -163,8 +164,8 @@ def encode_stories(stories):
 
     The stories are joined with the EOT text and encoded in one call with EOT as the only allowed
     special token: tiktoken then encodes each piece between EOTs exactly as encode_ordinary would
-    (the pre-tokenizer never looks across a special token), ~1.4x faster than one call per story
-    and straight into a numpy array. A story that itself contains the EOT text would be cut there,
+    (the pre-tokenizer never looks across a special token), with less per-call overhead than one
+    call per story, and straight into a numpy array. A story that itself contains the EOT text would be cut there,
     so such a batch takes the per-story path.
     """
     stories = [s for s in (story.strip() for story in stories) if s]
@@ -256,7 +257,7 @@ def main():
     make_output_dir(args.out_dir, "--out_dir")
     load_tokenizer()  # fail now, with the offline instructions, rather than inside every worker
     # Start the tokenizer processes before `datasets` is imported: forked later, each would carry
-    # a copy of its memory (hundreds of MB across the pool).
+    # a copy of its memory.
     with multiprocessing.Pool(args.num_proc, initializer=_init_worker) as pool:
         write_splits(args, pool)
 
