@@ -23,6 +23,21 @@ def save(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def describe_run(out_dir):
+    """What an earlier run left in out_dir, as 'out/ckpt.pt at step 250, best val loss 1.2345';
+    None when there is no checkpoint there."""
+    ckpt_path, best_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "best_model_params.pt")
+    if os.path.isfile(ckpt_path):
+        try:  # mmap: only the few values read here come from disk, not the whole file
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+            return f"{ckpt_path} at step {state['step']}, best val loss {state['best_val_loss']:.4f}"
+        except Exception:
+            return f"{ckpt_path} (unreadable)"
+    if os.path.isfile(best_path):
+        return f"{best_path} (the best weights of an earlier run)"
+    return None
+
+
 def clean_state_dict(state_dict):
     """Strip the prefixes torch.compile (`_orig_mod.`) and DDP (`module.`) add to parameter names."""
     cleaned = {}

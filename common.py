@@ -60,16 +60,31 @@ def run_main(main):
         sys.exit(130)
 
 
+class WriteError(UserError):
+    """A file could not be written (no space left, no permission, an I/O error); the file it was
+    to replace, if any, is intact."""
+
+
+def os_error_behind(exception):
+    """The OSError that caused `exception` (itself, or one it was raised from or while handling)."""
+    while exception is not None and not isinstance(exception, OSError):
+        exception = exception.__cause__ or exception.__context__
+    return exception
+
+
 def atomic_write(path, write_fn):
     """Write `path` so that a crash at any moment leaves either the old file or the new one.
 
     `write_fn(f)` writes into a temporary file in the same folder (same file system, so the
-    final rename is atomic); it is flushed and fsynced before it replaces `path`.
+    final rename is atomic); it is flushed and fsynced before it replaces `path`. When the
+    operating system refuses (a full disk...), the temporary file is removed and WriteError says
+    why; `path` is then untouched.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    tmp_path = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()
@@ -78,10 +93,13 @@ def atomic_write(path, write_fn):
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
+    except BaseException as e:
+        if tmp_path is not None and os.path.exists(tmp_path):
             os.remove(tmp_path)
-        raise
+        cause = os_error_behind(e) if isinstance(e, Exception) else None  # torch.save wraps it in a RuntimeError
+        if cause is None:
+            raise
+        raise WriteError(f"cannot write {path}: {cause.strerror or cause}") from e
     # make the rename itself durable
     dir_fd = os.open(folder, os.O_RDONLY)
     try:

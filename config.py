@@ -17,6 +17,7 @@ from common import UserError
 data_dir = "data"  # folder with train.bin / validation.bin / meta.json written by prepare.py
 out_dir = "out"  # checkpoints, metrics.csv and loss.png go here
 init_from = "scratch"  # 'scratch' starts a new run; 'resume' continues from out_dir/ckpt.pt
+overwrite = False  # let a scratch run replace the run already in out_dir (otherwise it is refused)
 checkpoint_interval = 250  # save the latest state to out_dir/ckpt.pt every this many steps
 
 # --- system ---

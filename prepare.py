@@ -10,6 +10,7 @@ Local formats: .txt in the TinyStories layout (stories separated by a line `<|en
 """
 import codecs
 import collections
+import contextlib
 import json
 import multiprocessing
 import os
@@ -17,7 +18,7 @@ import re
 
 import numpy as np
 
-from common import ArgumentParser, UserError, atomic_write, make_output_dir, run_main
+from common import ArgumentParser, UserError, WriteError, atomic_write, make_output_dir, run_main
 from tokenizer import EOT_TOKEN, ENCODING_NAME, VOCAB_SIZE, load_tokenizer
 
 # prepare.py needs no torch; without this, `datasets` imports it (slow to start) when it
@@ -208,6 +209,19 @@ def story_batches(dataset, split=None, val_fraction=0.0):
                 yield name, chunk
 
 
+def write_to(f, data=b""):
+    """Append data to an open output file, flushing it to disk when data is empty; WriteError
+    naming the file and the operating system's reason (a full disk...) when it cannot."""
+    try:
+        if data:
+            f.write(data)
+        else:
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise WriteError(f"cannot write {f.name}: {e.strerror}") from e
+
+
 def tokenize_to_files(jobs, out_files, stats, pool, num_proc, total):
     """Tokenize `jobs` (split, stories) in the worker pool and append ids to out_files[split].
 
@@ -221,7 +235,7 @@ def tokenize_to_files(jobs, out_files, stats, pool, num_proc, total):
         def finish_one():
             split, result = in_flight.popleft()
             ids, stories, text_bytes = result.get()
-            out_files[split].write(ids.tobytes())
+            write_to(out_files[split], ids.tobytes())
             stats[split]["stories"] += stories
             stats[split]["tokens"] += int(ids.size)
             stats[split]["text_bytes"] += text_bytes
@@ -282,8 +296,7 @@ def write_splits(args, pool):
     try:
         tokenize_to_files(jobs, out_files, stats, pool, args.num_proc, total)
         for f in out_files.values():
-            f.flush()
-            os.fsync(f.fileno())
+            write_to(f)
             f.close()
         for split in SPLITS:
             if stats[split]["tokens"] == 0:
@@ -293,9 +306,13 @@ def write_splits(args, pool):
             os.remove(meta_path)
         for split in SPLITS:  # only now do files that look complete appear
             os.replace(tmp_paths[split], os.path.join(args.out_dir, f"{split}.bin"))
+    except WriteError as e:
+        raise WriteError(f"{e}; nothing in {args.out_dir} was replaced (its earlier files are intact). "
+                         "Make room, then run prepare.py again") from e
     finally:
         for split, f in out_files.items():
-            f.close()
+            with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
+                f.close()
             if os.path.exists(tmp_paths[split]):
                 os.remove(tmp_paths[split])
 

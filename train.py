@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import time
@@ -31,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 import checkpoint
 import config
 import cpu_fast_paths
-from common import UserError, atomic_write, make_output_dir, remove_stale_temp_files, resolve_device, run_main
+from common import (UserError, WriteError, atomic_write, make_output_dir, remove_stale_temp_files, resolve_device,
+                    run_main)
 from data import batch_rng, bits_per_byte, eval_rng, get_batch, load_meta
 from model import GPT, GPTConfig
 
@@ -39,6 +41,7 @@ from model import GPT, GPTConfig
 PEAK_BF16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A10": 125, "L4": 121,
                     "RTX 4090": 165, "RTX 3090": 71}
 METRIC_FIELDS = ["step", "tokens", "train_loss", "val_loss", "val_perplexity", "val_bits_per_byte", "lr", "seconds"]
+RUN_FILES = ("ckpt.pt", "best_model_params.pt", "metrics.csv", "loss.png")  # what a run writes besides config.json
 
 
 # ----------------------------------------------------------------------------- setup
@@ -63,6 +66,12 @@ def resolve_dtype(name, device_type):
     if name == "bfloat16" and not bf16_ok:
         raise UserError(f"--dtype=bfloat16 is not supported on this {device_type} device; use --dtype=float16 or float32")
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def finish_distributed():
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # leave together: no rank tears down while another still talks
+        torch.distributed.destroy_process_group()
 
 
 def all_mean(value, world_size, device):
@@ -246,6 +255,57 @@ def resume(path, model, optimizer, scaler, model_args, rank, world_size, log):
     return step, best_val_loss
 
 
+# ----------------------------------------------------------------------------- guarding out_dir
+
+def lock_out_dir(out_dir):
+    """Claim out_dir for this run, so that a second train.py on it is refused; returns the open
+    lock file, which holds the claim until this process ends. The operating system drops the
+    lock when the process ends however it ends (kill -9 included), so no lock is ever stale."""
+    try:
+        import fcntl
+    except ImportError:  # not on Windows: runs are not guarded there
+        return None
+    lock = open(os.path.join(out_dir, ".train.lock"), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "a process that is just starting"
+        lock.close()
+        raise UserError(f"{out_dir} is in use by another train.py ({owner}); wait for it to end or stop it, "
+                        "or choose another --out_dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M')}: {shlex.join(['python'] + sys.argv)}")
+    lock.flush()
+    return lock
+
+
+def refuse_or_clear_earlier_run(cfg, log):
+    """A scratch run must not silently replace the run already in out_dir: refuse, unless --overwrite."""
+    found = checkpoint.describe_run(cfg.out_dir)
+    if found is None:
+        return
+    if not cfg.overwrite:
+        raise UserError(f"{cfg.out_dir} already holds a run: {found}. Continue it with --init_from=resume, "
+                        "choose another --out_dir, or pass --overwrite=true to replace it")
+    log(f"--overwrite=true: replacing the earlier run in {cfg.out_dir} ({found})")
+    for name in RUN_FILES:
+        if os.path.exists(os.path.join(cfg.out_dir, name)):
+            os.remove(os.path.join(cfg.out_dir, name))
+
+
+@contextlib.contextmanager
+def explain_write_failures(out_dir):
+    """A file of the run could not be written (a full disk...): say what is intact and how to go on."""
+    try:
+        yield
+    except WriteError as e:
+        saved = checkpoint.describe_run(out_dir) or "no checkpoint yet"
+        raise UserError(f"{e}. The files already in {out_dir} are intact ({saved}); make room, then continue with "
+                        f"`python train.py --init_from=resume --out_dir={out_dir}` (plus your other flags)") from e
+
+
 # ----------------------------------------------------------------------------- stopping and logging
 
 class StopRequest:
@@ -295,6 +355,9 @@ def main():
     accum_steps = cfg.gradient_accumulation_steps // world_size
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     make_output_dir(cfg.out_dir, "--out_dir")
+    lock = lock_out_dir(cfg.out_dir) if master else None  # held until the run ends
+    if cfg.init_from == "scratch" and master:
+        refuse_or_clear_earlier_run(cfg, log)
     meta = load_meta(cfg.data_dir, cfg.block_size)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     best_path = os.path.join(cfg.out_dir, "best_model_params.pt")
@@ -314,6 +377,11 @@ def main():
     if cfg.init_from == "resume":
         step, best_val_loss = resume(ckpt_path, raw_model, optimizer, scaler, model_args, rank, world_size, log)
     resumed_at = step if cfg.init_from == "resume" else None
+    if resumed_at is not None and step >= cfg.max_iters:
+        log(f"{ckpt_path} is at step {step} and --max_iters={cfg.max_iters}: nothing left to train "
+            "(raise --max_iters to train further)")
+        finish_distributed()
+        return
 
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (outside autocast) on tensor cores
@@ -336,62 +404,63 @@ def main():
     last_log_step = step
     save = functools.partial(save_checkpoint, ckpt_path, raw_model, optimizer, scaler, model_args, cfg,
                              world_size=world_size)
-    while True:
-        # evaluate, keep the best weights, save the latest state
-        if (step % cfg.eval_interval == 0 or step == cfg.max_iters) and step != resumed_at:
-            losses = estimate_loss(eval_model, cfg, rank, world_size, device, autocast)
-            row = metrics_row(step, losses, get_lr(step, cfg), tokens_per_step, meta["splits"]["validation"],
-                              time.time() - start_time)
-            log(f"eval step {step}: train loss {losses['train']:.4f} | val loss {row['val_loss']:.4f}, "
-                f"perplexity {row['val_perplexity']:.2f}, {row['val_bits_per_byte']:.4f} bits/byte")
-            if master:
-                rows.append(row)
-                write_metrics(cfg.out_dir, rows)
-            if losses["validation"] < best_val_loss:
-                best_val_loss = losses["validation"]
+    with explain_write_failures(cfg.out_dir):
+        while True:
+            # evaluate, keep the best weights, save the latest state
+            if (step % cfg.eval_interval == 0 or step == cfg.max_iters) and step != resumed_at:
+                losses = estimate_loss(eval_model, cfg, rank, world_size, device, autocast)
+                row = metrics_row(step, losses, get_lr(step, cfg), tokens_per_step, meta["splits"]["validation"],
+                                  time.time() - start_time)
+                log(f"eval step {step}: train loss {losses['train']:.4f} | val loss {row['val_loss']:.4f}, "
+                    f"perplexity {row['val_perplexity']:.2f}, {row['val_bits_per_byte']:.4f} bits/byte")
                 if master:
-                    checkpoint.save(raw_model.state_dict(), best_path)
+                    rows.append(row)
+                    write_metrics(cfg.out_dir, rows)
+                if losses["validation"] < best_val_loss:
+                    best_val_loss = losses["validation"]
+                    if master:
+                        checkpoint.save(raw_model.state_dict(), best_path)
+                    save(step=step, best_val_loss=best_val_loss)
+                    saved_step = step
+                    log(f"  new best val loss; saved {best_path} and ckpt.pt")
+                last_log_time, last_log_step = time.time(), step  # keep evaluation out of tokens/s
+            if step >= cfg.max_iters or stop.signum is not None:
+                if saved_step != step:
+                    save(step=step, best_val_loss=best_val_loss)
+                break
+            if step % cfg.checkpoint_interval == 0 and step > 0 and saved_step != step:
                 save(step=step, best_val_loss=best_val_loss)
                 saved_step = step
-                log(f"  new best val loss; saved {best_path} and ckpt.pt")
-            last_log_time, last_log_step = time.time(), step  # keep evaluation out of tokens/s
-        if step == cfg.max_iters or stop.signum is not None:
-            if saved_step != step:
-                save(step=step, best_val_loss=best_val_loss)
-            break
-        if step % cfg.checkpoint_interval == 0 and step > 0 and saved_step != step:
-            save(step=step, best_val_loss=best_val_loss)
-            saved_step = step
 
-        # one optimizer step, at this step's learning rate
-        lr = get_lr(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        next_batch = functools.partial(training_batch, cfg, device, step, rank * accum_steps)
-        step_loss = train_step(model, optimizer, scaler, next_batch, accum_steps, autocast, cfg.grad_clip)
-        loss = all_mean(step_loss.item(), world_size, device)  # the same verdict on every rank
-        if not math.isfinite(loss) and not scaler.is_enabled():  # (float16's scaler skips such steps itself)
-            raise UserError(f"the training loss became {loss} at step {step}; stopping without saving "
-                            f"(the best weights in {cfg.out_dir} are untouched). Lower --learning_rate or try "
-                            "--dtype=float32, then --init_from=resume")
-        step += 1
-        stop.agree(device)
+            # one optimizer step, at this step's learning rate
+            lr = get_lr(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            next_batch = functools.partial(training_batch, cfg, device, step, rank * accum_steps)
+            step_loss = train_step(model, optimizer, scaler, next_batch, accum_steps, autocast, cfg.grad_clip)
+            loss = all_mean(step_loss.item(), world_size, device)  # the same verdict on every rank
+            if not math.isfinite(loss) and not scaler.is_enabled():  # (float16's scaler skips such steps itself)
+                raise UserError(f"the training loss became {loss} at step {step}; stopping without saving "
+                                f"(the best weights in {cfg.out_dir} are untouched). Lower --learning_rate or try "
+                                "--dtype=float32, then --init_from=resume")
+            step += 1
+            stop.agree(device)
 
-        # log
-        if step % cfg.log_interval == 0 and master:
-            speed = throughput(raw_model, step - last_log_step, tokens_per_step, time.time() - last_log_time,
-                               device_type, world_size)
-            log(f"step {step}/{cfg.max_iters} | loss {loss:.4f} | lr {lr:.2e} | {speed}")
-            last_log_time, last_log_step = time.time(), step
+            # log
+            if step % cfg.log_interval == 0 and master:
+                speed = throughput(raw_model, step - last_log_step, tokens_per_step, time.time() - last_log_time,
+                                   device_type, world_size)
+                log(f"step {step}/{cfg.max_iters} | loss {loss:.4f} | lr {lr:.2e} | {speed}")
+                last_log_time, last_log_step = time.time(), step
 
     if step == cfg.max_iters:
         log(f"done: {step} steps, best val loss {best_val_loss:.4f}; sample with `python sample.py --out_dir={cfg.out_dir}`")
     else:
         log(f"stopped by {signal.Signals(stop.signum).name} after step {step}; saved {ckpt_path}. "
             f"Resume with: python train.py --init_from=resume --out_dir={cfg.out_dir} (plus your other flags)")
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()  # leave together: no rank tears down while another still talks
-        torch.distributed.destroy_process_group()
+    finish_distributed()
+    if lock is not None:
+        lock.close()  # out_dir is free for the next run
     if stop.signum is not None:
         sys.exit(128 + stop.signum)
 

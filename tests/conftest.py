@@ -50,12 +50,23 @@ def write_txt(path, stories):
             f.write(story + "\n<|endoftext|>\n")
 
 
-def run_script(script, *args, cwd=None, timeout=300):
-    """Run one of the project's scripts as a user would; return the CompletedProcess."""
+def run_script(script, *args, cwd=None, timeout=300, file_size_limit=None):
+    """Run one of the project's scripts as a user would; return the CompletedProcess.
+
+    file_size_limit (bytes): no file the script writes may grow past it (RLIMIT_FSIZE), as on a
+    full disk; a write past it fails with EFBIG ("File too large") instead of killing the process.
+    """
+    import resource
+    import signal
     import subprocess
 
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=limit_file_size if file_size_limit else None)
 
 
 def assert_clean_error(result, *fragments):

@@ -1,11 +1,12 @@
 """Data-parallel training with torchrun (gloo on CPU) matches a single process with the same global batch."""
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, TINY_MODEL, run_script
+from conftest import ROOT, TINY_MODEL, assert_clean_error, run_script
 from checkpoint import load_checkpoint
 
 # 2 ranks x 2 micro-batches = 1 process x 4 micro-batches; no dropout, so the only difference
@@ -15,10 +16,14 @@ FLAGS = TINY_MODEL + ["--batch_size=4", "--gradient_accumulation_steps=4", "--ev
 TOLERANCE = 1e-5  # max |difference| of any weight after 4 steps
 
 
+def torchrun_command(*args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            os.path.join(ROOT, "train.py"), *map(str, args)]
+
+
 def torchrun(*args):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               os.path.join(ROOT, "train.py"), *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(torchrun_command(*args), capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow
@@ -55,3 +60,26 @@ def test_accumulation_steps_must_split_evenly_across_processes(tiny_data, tmp_pa
     assert result.returncode != 0
     assert "error: gradient_accumulation_steps=3 must be divisible by the number of processes (2)" in result.stderr
     assert not (tmp_path / "ckpt.pt").exists()
+
+
+@pytest.mark.slow
+def test_an_out_dir_in_use_by_a_torchrun_job_is_refused_naming_its_rank_0(tiny_data, tmp_path):
+    job = subprocess.Popen(torchrun_command(f"--data_dir={tiny_data}", f"--out_dir={tmp_path}", *FLAGS,
+                                            "--max_iters=1000", "--eval_interval=1000"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in job.stdout:
+            if line.startswith("step 1/"):
+                break
+        second = run_script("train.py", f"--data_dir={tiny_data}", f"--out_dir={tmp_path}", *FLAGS, "--max_iters=1")
+        error = assert_clean_error(second, "is in use by another train.py (pid ")
+        owner = int(error.split("(pid ")[1].split(",")[0])
+        with open(f"/proc/{owner}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{owner}/environ", "rb") as f:
+            environment = f.read().split(b"\0")
+        assert parent == job.pid and b"RANK=0" in environment  # the worker torchrun started as rank 0
+    finally:
+        job.send_signal(signal.SIGTERM)
+        job.communicate(timeout=60)

@@ -153,3 +153,11 @@ def test_empty_prompt(trained_run):
 @pytest.mark.slow
 def test_unknown_sample_flag_names_close_matches(trained_run):
     assert_clean_error(run_script("sample.py", "--out_dir", trained_run, "--temprature=0.5"), "--temperature")
+
+
+@pytest.mark.slow
+def test_sample_given_a_folder_or_a_file_that_is_not_a_checkpoint(trained_run, tmp_path):
+    assert_clean_error(run_script("sample.py", "--checkpoint", trained_run), "is a folder, not a checkpoint file")
+    (tmp_path / "notes.txt").write_text("a shopping list")
+    assert_clean_error(run_script("sample.py", "--checkpoint", tmp_path / "notes.txt"),
+                       "is not a checkpoint (not a file that torch.save wrote)")

@@ -171,3 +171,17 @@ def test_batch_encoding_equals_encode_ordinary_per_story():
         kept = [s.strip() for s in batch if s.strip()]
         assert ids.dtype.name == "uint16" and (count, text_bytes) == (len(kept), sum(len(s.encode()) for s in kept))
         assert ids.tolist() == [t for s in kept for t in enc.encode_ordinary(s) + [EOT_TOKEN]]
+
+
+@pytest.mark.slow
+def test_running_out_of_space_while_writing_bin_files_keeps_the_earlier_outputs(tmp_path):
+    write_txt(tmp_path / "s.txt", make_stories(50))
+    args = ["--input", tmp_path / "s.txt", "--out_dir", tmp_path / "d", "--val_fraction", "0.1"]
+    assert run_script("prepare.py", *args).returncode == 0
+    before = {name: (tmp_path / "d" / name).read_bytes() for name in ("train.bin", "validation.bin", "meta.json")}
+    write_txt(tmp_path / "s.txt", make_stories(2000, seed=4))  # more text than the file-size limit lets through
+    full = run_script("prepare.py", *args, "--force", file_size_limit=32 << 10)
+    assert_clean_error(full, "cannot write", ".train.bin.tmp", "File too large", "nothing in", "was replaced",
+                       "run prepare.py again")
+    assert {name: (tmp_path / "d" / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["meta.json", "train.bin", "validation.bin"]

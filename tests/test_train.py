@@ -105,7 +105,7 @@ def test_kill_9_at_random_moments_never_leaves_an_unloadable_checkpoint(tiny_dat
     rng = random.Random(0)
     flags = ["--max_iters=400", "--eval_interval=3", "--checkpoint_interval=1"]  # saves all the time
     for attempt in range(10):
-        resume = ["--init_from=resume"] if (tmp_path / "ckpt.pt").exists() else []
+        resume = ["--init_from=resume"] if (tmp_path / "ckpt.pt").exists() else ["--overwrite=true"]
         process = start_training(tiny_data, tmp_path, *flags, *resume)
         time.sleep(rng.uniform(2.0, 4.5))  # start-up takes ~2 s; then it saves about every step
         process.kill()
@@ -146,3 +146,96 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tiny_data, tmp_path):
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
     assert "stopped by SIGINT" not in stdout
+
+
+# ----------------------------------------------------------------------------- never lose a run
+
+@pytest.mark.slow
+def test_a_scratch_run_into_an_earlier_run_is_refused_unless_overwrite(tiny_data, tmp_path):
+    assert train(tiny_data, tmp_path, "--max_iters=2", "--eval_interval=1").returncode == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("ckpt.pt", "best_model_params.pt", "metrics.csv")}
+    error = assert_clean_error(train(tiny_data, tmp_path, "--max_iters=2"), "already holds a run", "ckpt.pt at step 2",
+                               "best val loss", "--init_from=resume", "another --out_dir", "--overwrite=true")
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    replaced = train(tiny_data, tmp_path, "--max_iters=1", "--eval_interval=1", "--overwrite=true")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "replacing the earlier run" in replaced.stdout
+    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["step"] == 1
+    assert [row.split(",")[0] for row in (tmp_path / "metrics.csv").read_text().splitlines()[1:]] == ["0", "1"]
+    assert error.count("error:") == 1
+
+
+@pytest.mark.slow
+def test_an_out_dir_with_only_unrelated_files_is_fine(tiny_data, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert train(tiny_data, tmp_path, "--max_iters=1").returncode == 0
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_resuming_with_max_iters_already_reached_has_nothing_to_do(tiny_data, tmp_path):
+    assert train(tiny_data, tmp_path, "--max_iters=4", "--eval_interval=2").returncode == 0
+    ckpt_before = (tmp_path / "ckpt.pt").read_bytes()
+    for max_iters in (3, 4):
+        result = train(tiny_data, tmp_path, "--init_from=resume", f"--max_iters={max_iters}")
+        assert result.returncode == 0, result.stderr
+        assert f"at step 4 and --max_iters={max_iters}: nothing left to train" in result.stdout
+        assert "step 5/" not in result.stdout
+    assert (tmp_path / "ckpt.pt").read_bytes() == ckpt_before
+
+
+@pytest.mark.slow
+def test_a_second_train_py_on_a_busy_out_dir_is_refused_and_a_killed_runs_lock_is_not_stale(tiny_data, tmp_path):
+    first = start_training(tiny_data, tmp_path, "--max_iters=1000", "--eval_interval=1000")
+    wait_for_step(first, 1)
+    second = train(tiny_data, tmp_path, "--init_from=resume", "--max_iters=5")
+    assert_clean_error(second, "is in use by another train.py", f"pid {first.pid},", "choose another --out_dir")
+    first.kill()  # kill -9: no chance to clean up
+    first.wait()
+    resumed = train(tiny_data, tmp_path, "--init_from=resume", f"--max_iters={load_checkpoint(str(tmp_path / 'ckpt.pt'))['step'] + 1}")
+    assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_line_and_resumes_later(tiny_data, tmp_path):
+    assert train(tiny_data, tmp_path, "--max_iters=2", "--eval_interval=2").returncode == 0
+    ckpt_before = (tmp_path / "ckpt.pt").read_bytes()
+    # as on a full disk: no file may grow past 1 MB, and the tiny model's weights are 6 MB
+    full = run_script("train.py", f"--data_dir={tiny_data}", f"--out_dir={tmp_path}", *TINY_RUN, "--init_from=resume",
+                      "--max_iters=4", "--eval_interval=1", file_size_limit=1 << 20)
+    error = assert_clean_error(full, "cannot write", "File too large", "are intact", "at step 2",
+                               "--init_from=resume")
+    assert "best_model_params.pt" in error or "ckpt.pt:" in error
+    assert (tmp_path / "ckpt.pt").read_bytes() == ckpt_before  # the earlier checkpoint is untouched
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]  # no partial file
+    resumed = train(tiny_data, tmp_path, "--init_from=resume", "--max_iters=4", "--eval_interval=1")
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["step"] == 4
+
+
+@pytest.mark.slow
+def test_killed_at_random_and_resumed_until_done_equals_an_uninterrupted_run(tiny_data, tmp_path):
+    flags = ["--max_iters=80", "--eval_interval=5", "--checkpoint_interval=1", "--dropout=0.1"]
+    straight = train(tiny_data, tmp_path / "straight", *flags)
+    assert straight.returncode == 0, straight.stderr
+    rng, kills, out_dir = random.Random(1), 0, tmp_path / "soak"
+    while True:
+        resume = ["--init_from=resume"] if (out_dir / "ckpt.pt").exists() else ["--overwrite=true"]
+        process = start_training(tiny_data, out_dir, *flags, *resume)
+        if kills == 6:  # enough: let it finish
+            assert process.wait(timeout=300) == 0, process.stderr.read()
+            break
+        time.sleep(rng.uniform(2.0, 3.5))  # start-up takes ~2 s; then it saves every step
+        if process.poll() is not None:  # finished before the kill: start over the last part
+            assert process.returncode == 0, process.stderr.read()
+            break
+        process.kill()
+        process.wait()
+        kills += 1
+    assert kills >= 5
+    a, b = load_checkpoint(str(tmp_path / "straight/ckpt.pt")), load_checkpoint(str(out_dir / "ckpt.pt"))
+    assert a["step"] == b["step"] == 80
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    strip_time = lambda text: [line.rsplit(",", 1)[0] for line in text.splitlines()]  # noqa: E731
+    assert strip_time((out_dir / "metrics.csv").read_text()) == strip_time((tmp_path / "straight/metrics.csv").read_text())
