@@ -70,9 +70,11 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):
 
 
 def start_training(tiny_data, out_dir, *flags):
+    """train.py in the background; its log lines reach the test as they are printed (unbuffered)."""
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={tiny_data}",
                              f"--out_dir={out_dir}", *TINY_RUN, *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def wait_for_step(process, step):
@@ -135,10 +137,13 @@ def test_nan_loss_stops_without_touching_the_best_weights(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tiny_data, tmp_path):
-    # big steps (~1 s), so that the second Ctrl-C lands while the first is still waiting for its step
+    # big steps (seconds), and the first Ctrl-C well inside step 2: the second one must land while
+    # the first is still waiting for its step to end, not while the process is already exiting
+    # (Python has no handler left then, and the signal kills it)
     process = start_training(tiny_data, tmp_path, "--max_iters=1000", "--eval_interval=1000",
-                             "--gradient_accumulation_steps=64")
+                             "--gradient_accumulation_steps=128")
     wait_for_step(process, 1)
+    time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     time.sleep(0.2)
     process.send_signal(signal.SIGINT)
