@@ -16,6 +16,8 @@ Sections (each compared with its target, the TARGET_* constants below):
   sample   200 new tokens from a 4-token prompt, with and without the KV cache, tokens/s and ratio.
   prepare  prepare.py on synthetic stories at two sizes (>= 50 MB): bytes/s, tokens/s and the peak
            RSS of its whole process tree, against tiktoken's single-thread encode_ordinary rate.
+  plain    prepare.py on one document with no separators (a book; --plain_mb, 200 MB) next to
+           the same text as separated stories: bytes/s and peak RSS of each.
 Speed depends on what else runs on the machine: the load average is recorded with each run.
 """
 import contextlib
@@ -40,12 +42,13 @@ from tokenizer import load_tokenizer
 from train import train_step
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-SECTIONS = ("ceiling", "train", "sample", "prepare")
+SECTIONS = ("ceiling", "train", "sample", "prepare", "plain")
 # Targets, checked in every row.
 TARGET_MFU = {"cpu": 0.80, "cuda": 0.50}  # of the measured matmul ceiling
 TARGET_SAMPLE_SPEEDUP = 10.0  # cached vs uncached tokens/s
 TARGET_PREPARE = 0.90  # of single-thread encode_ordinary rate x cores
 TARGET_PREPARE_RSS = 1.5e9  # bytes, whole process tree
+TARGET_PLAIN = 0.80  # one separator-less document: of the same text's rate with separators
 
 
 def parse_args(argv):
@@ -59,6 +62,7 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
     parser.add_argument("--prepare_mb", type=int, nargs=2, default=[50, 100], metavar=("SMALL", "LARGE"),
                         help="the two input sizes for prepare.py, in MB of text")
+    parser.add_argument("--plain_mb", type=int, default=200, help="MB of text for the plain (separator-less) section")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and 10/20 MB prepare inputs (smoke test)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of one training step")
     parser.add_argument("--no_record", action="store_true", help="print the results only, do not append to BENCHMARKS.md")
@@ -74,8 +78,10 @@ def parse_args(argv):
     args.sections = [s for s in SECTIONS if s in sections]
     if args.quick and args.prepare_mb == [50, 100]:
         args.prepare_mb = [10, 20]
-    if min(args.prepare_mb) < 1:
-        raise UserError("--prepare_mb sizes must be at least 1")
+    if args.quick and args.plain_mb == 200:
+        args.plain_mb = 20
+    if min(args.prepare_mb + [args.plain_mb]) < 1:
+        raise UserError("--prepare_mb and --plain_mb sizes must be at least 1")
     return args
 
 
@@ -217,10 +223,10 @@ WORDS = ("once upon a time there was little girl named Lily she liked to play in
 SYLLABLES = "ba be bi bo bu da de do ka ki ko la li lo ma mi mo na ni no pa pi po ra ri ro sa so ta ti to zu fli gri plo sna tro".split()
 
 
-def write_stories(path, megabytes, seed=0):
+def write_stories(path, megabytes, seed=0, separator="\n<|endoftext|>\n"):
     """A TinyStories-layout .txt of about `megabytes` MB: sentences of children's words, made-up
     names and dialogue (0.26 GPT-2 tokens per byte, as real TinyStories), each story then a line
-    `<|endoftext|>`."""
+    `<|endoftext|>` (or `separator`: a blank line makes one long document)."""
     rng = random.Random(seed)
 
     def word():
@@ -237,7 +243,7 @@ def write_stories(path, megabytes, seed=0):
         sentences = [sentence() for _ in range(rng.randint(4, 14))]
         return " ".join(sentences) if rng.random() < 0.7 else "\n\n".join(sentences)
 
-    pool = [story() + "\n<|endoftext|>\n" for _ in range(4000)]  # tokenizing cost does not depend on repeats
+    pool = [story() + separator for _ in range(4000)]  # tokenizing cost does not depend on repeats
     target, written = megabytes * 10 ** 6, 0
     with open(path, "w", encoding="utf-8") as f:
         while written < target:
@@ -264,9 +270,10 @@ def tree_rss(pid):
     return total
 
 
-def run_prepare(text_path, out_dir):
+def run_prepare(text_path, out_dir, *more_args):
     """Run prepare.py on one .txt; (seconds, peak RSS of its process tree, meta.json)."""
-    command = [sys.executable, os.path.join(ROOT, "prepare.py"), "--input", text_path, "--out_dir", out_dir, "--force"]
+    command = [sys.executable, os.path.join(ROOT, "prepare.py"), "--input", text_path, "--out_dir", out_dir, "--force",
+               *more_args]
     start = time.perf_counter()
     env = {**os.environ, "HF_DATASETS_CACHE": os.path.join(out_dir, "hf-cache")}  # no cache left behind
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -316,6 +323,25 @@ def bench_prepare(sizes_mb):
     marginal = (large["bytes"] - small["bytes"]) / max(large["seconds"] - small["seconds"], 1e-9)
     return {"single_thread": single, "cores": cores, "target_rate": TARGET_PREPARE * single * cores,
             "runs": runs, "marginal": marginal}
+
+
+def bench_plain(megabytes):
+    """prepare.py on one separator-less document of `megabytes` MB and on the same text as stories."""
+    work = tempfile.mkdtemp(prefix="bench-plain-")
+    runs = {}
+    for layout, separator in (("stories", "\n<|endoftext|>\n"), ("one document", "\n\n")):
+        text_path = os.path.join(work, "input.txt")
+        write_stories(text_path, megabytes, seed=1, separator=separator)  # same seed: the same stories
+        val_path = os.path.join(work, "val.txt")
+        write_stories(val_path, 1, seed=2)
+        seconds, peak, meta = run_prepare(text_path, os.path.join(work, "data"), "--val_input", val_path)
+        train = meta["splits"]["train"]
+        runs[layout] = {"seconds": seconds, "bytes_per_s": train["text_bytes"] / seconds, "peak_rss": peak,
+                        "documents": train["stories"], "tokens": train["tokens"]}
+        os.remove(text_path)
+    subprocess.run(["rm", "-rf", work])
+    runs["ratio"] = runs["one document"]["bytes_per_s"] / runs["stories"]["bytes_per_s"]
+    return runs
 
 
 # ----------------------------------------------------------------------------- report
@@ -414,6 +440,21 @@ def main():
               f"(90% of {r['single_thread'] / 1e6:.1f} MB/s x {r['cores']} cores)", flush=True)
         lines.append(("prepare.py, marginal rate (larger minus smaller run)", f"{r['marginal'] / 1e6:.1f} MB/s",
                       f">= {r['target_rate'] / 1e6:.1f} MB/s", verdict(r["marginal"] >= r["target_rate"])))
+
+    if "plain" in args.sections:
+        r = bench_plain(args.plain_mb)
+        for layout in ("stories", "one document"):
+            run = r[layout]
+            print(f"plain, {args.plain_mb} MB as {layout} ({run['documents']:,} documents): {run['seconds']:.1f} s, "
+                  f"{run['bytes_per_s'] / 1e6:.1f} MB/s, peak RSS {run['peak_rss'] / 1e9:.2f} GB", flush=True)
+            lines.append((f"prepare.py, {args.plain_mb} MB as {layout} ({run['documents']:,} documents)",
+                          f"{run['bytes_per_s'] / 1e6:.1f} MB/s, {run['tokens']:,} tokens, peak RSS "
+                          f"{run['peak_rss'] / 1e9:.2f} GB", "", ""))
+        flat = r["one document"]["peak_rss"] <= max(1.25 * r["stories"]["peak_rss"], r["stories"]["peak_rss"] + 2e8)
+        lines.append(("prepare.py, one document vs stories: rate", f"{100 * r['ratio']:.0f}%",
+                      f">= {100 * TARGET_PLAIN:.0f}%", verdict(r["ratio"] >= TARGET_PLAIN)))
+        lines.append(("prepare.py, one document vs stories: peak RSS", f"{r['one document']['peak_rss'] / 1e9:.2f} vs "
+                      f"{r['stories']['peak_rss'] / 1e9:.2f} GB", "flat (within 25% or 0.2 GB)", verdict(flat)))
 
     seconds = time.time() - started
     (busy_before, own_before), (busy_after, own_after) = cpu_before, cpu_seconds()

@@ -56,6 +56,11 @@ eval_interval = 250  # evaluate (and maybe save the best model) every this many 
 eval_iters = 50  # batches per split in each evaluation
 log_interval = 10  # print a training log line every this many steps
 
+# --- experiment tracking with Weights & Biases (optional: pip install wandb) ---
+wandb_log = False  # log every training log line, evaluation and the config to W&B (rank 0 only)
+wandb_project = "tinystories-gpt"  # the W&B project the run goes to
+wandb_run_name = ""  # the run's name on W&B; '' lets W&B pick one
+
 CHOICES = {
     "init_from": ("scratch", "resume"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),

@@ -1,12 +1,20 @@
-"""Tokenize TinyStories with the GPT-2 tokenizer into flat uint16 token files.
+"""Tokenize a text dataset with the GPT-2 tokenizer into flat uint16 token files.
 
-    python prepare.py                                 # roneneldan/TinyStories from the Hugging Face hub
-    python prepare.py --input stories/ --val_input val.txt   # local files, no hub
+    python prepare.py                                        # roneneldan/TinyStories from the Hugging Face hub
+    python prepare.py --max_stories=20000                    # its first 20,000 stories: a quick run
+    python prepare.py --dataset=NAME_OR_FOLDER --text_column=content   # any dataset `datasets` can load
+    python prepare.py --input stories/ --val_input val.txt   # local files
 
-Writes OUT_DIR/train.bin and OUT_DIR/validation.bin (np.uint16 token ids, every story followed by
-the end-of-text token 50256) and OUT_DIR/meta.json (tokenizer, sizes, token and byte counts).
+It runs in three stages: load the splits (load_splits), cut their documents into pieces
+(document_pieces, txt_pieces) and tokenize the pieces in parallel worker processes
+(tokenize_to_files). It writes OUT_DIR/train.bin and OUT_DIR/validation.bin (np.uint16 token
+ids, every document followed by the end-of-text token 50256) and OUT_DIR/meta.json (tokenizer,
+dataset, sizes, token and byte counts).
+
 Local formats: .txt in the TinyStories layout (stories separated by a line `<|endoftext|>`),
-.jsonl / .json with a `text` field, .parquet with a `text` column.
+.jsonl / .json with a text field, .parquet with a text column. A .txt without separator lines is
+one document (a book, a corpus dump). A long document is tokenized in pieces, cut where GPT-2's
+tokenizer would cut the text anyway, so memory stays flat and the tokens equal the whole text's.
 """
 import codecs
 import collections
@@ -15,6 +23,7 @@ import json
 import multiprocessing
 import os
 import re
+import tempfile
 
 import numpy as np
 
@@ -27,13 +36,24 @@ os.environ.setdefault("USE_TORCH", "0")
 
 HUB_DATASET = "roneneldan/TinyStories"
 SPLITS = ("train", "validation")
-STORIES_PER_TASK = 2048  # stories per task of a tokenizer process: large tasks keep the per-task overhead small
+PIECES_PER_TASK = 2048  # at most this many pieces per task of a tokenizer process ...
+CHARS_PER_TASK = 1 << 20  # ... and about this much text: large tasks keep the per-task overhead small
+PIECE_CHARS = 1 << 15  # a document longer than this is cut into pieces of about this size
+READ_CHARS = 1 << 20  # a .txt file is read this much at a time
 FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # A line `<|endoftext|>`, found by its leading newline (a literal prefix lets the regex engine
-# skip ahead, which ^...$ with re.MULTILINE does not); txt_stories puts a newline before each file
+# skip ahead, which ^...$ with re.MULTILINE does not); txt_pieces puts a newline before each file
 # so that its first line counts too.
 _SEPARATOR = re.compile(r"\n<\|endoftext\|>[ \t\r]*(?=\n|\Z)")
+# Places where GPT-2's pre-tokenizer always ends a piece of text, so that cutting there leaves the
+# tokens unchanged: after a line break between two non-space characters, and before a single
+# space between two (the space then starts the next word's token, " word").
+_LINE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+_SPACE_CUT = re.compile(r"(?<=\S)(?= \S)")
+TXT_FEATURES = {"text": "string", "document_end": "bool"}  # the rows of a .txt file: pieces of its documents
 
+
+# ----------------------------------------------------------------------------- loading the splits
 
 def find_files(paths):
     """Expand files and folders into a sorted list of files with a known format."""
@@ -60,24 +80,6 @@ def find_files(paths):
     return found
 
 
-def txt_stories(paths):
-    """Yield the stories of TinyStories-layout .txt files, reading a chunk at a time."""
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            pending = "\n"
-            while True:
-                chunk = f.read(1 << 20)
-                pending += chunk
-                # split only up to the last complete line; the rest waits for the next chunk
-                cut = len(pending) if not chunk else pending.rfind("\n") + 1
-                *stories, tail = _SEPARATOR.split(pending[:cut])
-                yield from stories
-                pending = tail + pending[cut:]
-                if not chunk:
-                    break
-            yield pending
-
-
 def check_utf8(paths):
     """UserError unless every file is UTF-8 (a fast read-only pass, so a bad file fails before any work)."""
     for path in paths:
@@ -91,18 +93,21 @@ def check_utf8(paths):
             raise UserError(f"input is not UTF-8 text ({path}: {e.reason}); convert it to UTF-8") from e
 
 
-def txt_examples(paths):
-    """txt_stories as the {'text': story} rows a datasets generator yields."""
-    for story in txt_stories(paths):
-        yield {"text": story}
 
 
-def load_local(paths):
-    """The stories of local files as a `datasets` dataset with a `text` column.
+def txt_rows(paths):
+    """txt_pieces as the rows a datasets generator yields."""
+    for text, document_end in txt_pieces(paths):
+        yield {"text": text, "document_end": document_end}
 
-    .jsonl/.json/.parquet load like the hub's files (datasets.load_dataset, cached as Arrow).
-    .txt files in the TinyStories layout become a streaming datasets.IterableDataset: converting
-    them into an Arrow cache first would be a single-threaded pass over the whole input before
+
+def load_local(paths, text_column, scratch):
+    """The documents of local files as a `datasets` dataset, and a description of the source.
+
+    .jsonl/.json/.parquet load like the hub's files (datasets.load_dataset, converted to Arrow in
+    the scratch folder).
+    .txt files become a streaming datasets.IterableDataset of pieces (txt_pieces): converting them
+    into an Arrow cache first would be a single-threaded pass over the whole input before
     tokenizing could start, and a second copy of it on disk.
     """
     import datasets
@@ -111,9 +116,11 @@ def load_local(paths):
     kind = FORMATS[os.path.splitext(files[0])[1].lower()]
     if kind == "text":
         check_utf8(files)
-        return datasets.IterableDataset.from_generator(txt_examples, gen_kwargs={"paths": files}), ", ".join(files)
+        features = datasets.Features({name: datasets.Value(kind) for name, kind in TXT_FEATURES.items()})
+        dataset = datasets.IterableDataset.from_generator(txt_rows, features=features, gen_kwargs={"paths": files})
+        return dataset, ", ".join(files)
     try:
-        ds = datasets.load_dataset(kind, data_files=files, split="train")
+        ds = datasets.load_dataset(kind, data_files=files, split="train", cache_dir=scratch)
     except Exception as e:
         cause = e
         while cause.__cause__ is not None or cause.__context__ is not None:
@@ -122,35 +129,194 @@ def load_local(paths):
             cause = cause.__cause__ or cause.__context__
         if isinstance(cause, UnicodeDecodeError):
             raise UserError(f"input is not UTF-8 text ({', '.join(files)}); convert it to UTF-8") from e
-        raise UserError(f"cannot read {', '.join(files)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    if "text" not in ds.column_names:
-        raise UserError(f"{', '.join(files)} has no 'text' column (columns: {', '.join(ds.column_names)})")
+        raise UserError(f"cannot read {', '.join(files)}: {type(e).__name__}: {first_line(e)}") from e
+    check_column(ds, text_column, ", ".join(files))
     return ds, ", ".join(files)
 
 
-def load_splits(args):
-    """{'train': (dataset, source), 'validation': (dataset, source) or None to hold out from train}."""
+def load_hub(args, scratch):
+    """{'train': (dataset, source), 'validation': (dataset, source) or None}, and the revision, of
+    a dataset on the Hugging Face hub or in a local folder laid out like one, by the same call."""
+    import datasets
+
+    local = os.path.isdir(args.dataset)
+    try:  # a quick run (--max_stories) streams, instead of downloading the whole dataset first
+        loaded = datasets.load_dataset(
+            args.dataset, args.dataset_config, revision=args.revision, streaming=args.max_stories > 0,
+            # datasets keys its cache of a local folder on the folder's name, not on its contents:
+            # a cache of this run's own keeps an earlier folder of the same name from being read
+            cache_dir=scratch if local else None)
+    except Exception as e:
+        hint = ("" if local else
+                "; without internet, pass local files with --input (see README 'Offline use')")
+        raise UserError(f"cannot load dataset {args.dataset} ({type(e).__name__}: {first_line(e)}){hint}") from e
+    val_split = args.val_split or ("validation" if "validation" in loaded else None)
+    for flag, split in (("--train_split", args.train_split), ("--val_split", val_split)):
+        if split is not None and split not in loaded:
+            raise UserError(f"{args.dataset} has no split {split!r} (its splits: {', '.join(loaded)}); "
+                            f"choose one with {flag}")
+    splits = {"train": (loaded[args.train_split], f"{args.dataset}/{args.train_split}"),
+              "validation": (loaded[val_split], f"{args.dataset}/{val_split}") if val_split else None}
+    for dataset, source in filter(None, splits.values()):
+        check_column(dataset, args.text_column, source)
+    return splits, hub_revision(args.dataset, args.revision) or args.revision
+
+
+def hub_revision(name, revision):
+    """The commit of the hub dataset `name` at `revision` (None: the newest), for meta.json; None
+    for a local folder, or when the hub cannot be asked."""
+    if os.path.isdir(name):
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(name, revision=revision).sha
+    except Exception:
+        return None
+
+
+def check_column(dataset, column, source):
+    columns = dataset.column_names
+    if columns is not None and column not in columns:  # a streamed dataset may not know its columns yet
+        raise UserError(f"{source} has no column {column!r} (its columns: {', '.join(columns)}); "
+                        "choose one with --text_column")
+
+
+def load_splits(args, scratch):
+    """{'train': (dataset, source), 'validation': (dataset, source) or None to hold out from train},
+    and the dataset's revision where known."""
     if args.input is None:
         if args.val_input:
             raise UserError("--val_input needs --input too")
-        import datasets
-
-        try:
-            hub = datasets.load_dataset(HUB_DATASET)
-        except Exception as e:
-            raise UserError(f"cannot load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}); "
-                            "without internet pass local files with --input (see README 'Offline use')") from e
-        return {split: (hub[split], f"hf://{HUB_DATASET}/{split}") for split in SPLITS}
-    splits = {"train": load_local(args.input), "validation": None}
+        return load_hub(args, scratch)
+    splits = {"train": load_local(args.input, args.text_column, scratch), "validation": None}
     if args.val_input:
-        splits["validation"] = load_local(args.val_input)
-    return splits
+        splits["validation"] = load_local(args.val_input, args.text_column, scratch)
+    return splits, None
+
+
+def first_line(exception):
+    text = str(exception).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+# ----------------------------------------------------------------------------- cutting documents into pieces
+
+def cut_point(text, limit):
+    """An index near `limit` where text can be cut without changing its tokens (see _LINE_CUT):
+    the last such place in text[limit // 2 : limit + 1], a line break first, else a space; else
+    `limit` itself, where the tokens of the one word that spans the cut may differ."""
+    for places in (_LINE_CUT, _SPACE_CUT):
+        last = None
+        for last in places.finditer(text, limit // 2, limit + 2):  # +2: the lookahead reads 2 characters
+            pass
+        if last is not None and last.start() <= limit:
+            return last.start()
+    return limit
+
+
+def document_pieces(text, first=True, last=True, limit=None):
+    """Cut a document (or, with first/last False, the start, middle or end of one) into pieces of
+    at most about `limit` characters; (piece, ends_document) pairs. A whole document is stripped of
+    surrounding whitespace; an empty one gives nothing."""
+    limit = limit or PIECE_CHARS
+    if first:
+        text = text.lstrip()
+    if last:
+        text = text.rstrip()
+    while len(text) > limit:
+        at = cut_point(text, limit)
+        yield text[:at], False
+        text = text[at:]
+    if text or (last and not first):  # a document's end always carries its EOT, even if that piece is empty
+        yield text, last
+
+
+def txt_pieces(paths):
+    """The documents of .txt files as (piece, ends_document) pairs, reading a chunk at a time.
+
+    Documents end at a line `<|endoftext|>` and at the end of a file. Text with no end in sight
+    (a book with no separators) is handed on in pieces as it is read, so memory stays flat.
+    """
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            pending, first = "\n", True  # the newline lets the file's first line be a separator too
+            while True:
+                chunk = f.read(READ_CHARS)
+                pending += chunk
+                # split only up to the last complete line; the rest waits for the next chunk
+                cut = len(pending) if not chunk else pending.rfind("\n") + 1
+                *documents, tail = _SEPARATOR.split(pending[:cut])
+                for document in documents:
+                    yield from document_pieces(document, first)
+                    first = True
+                pending = tail + pending[cut:]
+                if not chunk:
+                    break
+                if len(pending) > 2 * PIECE_CHARS:  # a long document: hand on its start now
+                    # cut before the last lines, so that a separator line still being read stays whole
+                    limit = pending.rfind("\n", 0, len(pending) - PIECE_CHARS)
+                    if limit > 0:
+                        at = cut_point(pending, limit)
+                        for piece, _ in document_pieces(pending[:at], first, last=False):
+                            first = False
+                            yield piece, False
+                        pending = pending[at:]
+            yield from document_pieces(pending, first)
 
 
 def held_out(index, fraction):
-    """Whether story `index` goes to validation: exactly floor(n * fraction) of n, evenly spread."""
+    """Whether piece `index` goes to validation: exactly floor(n * fraction) of n, evenly spread."""
     return int((index + 1) * fraction) > int(index * fraction)
 
+
+def dataset_pieces(dataset, text_column):
+    """(piece, ends_document) pairs from a datasets.Dataset or IterableDataset, read in batches."""
+    if is_txt(dataset):  # its rows are pieces already
+        for batch in dataset.iter(batch_size=1024):
+            yield from zip(batch["text"], batch["document_end"])
+        return
+    for batch in dataset.select_columns([text_column]).iter(batch_size=1024):
+        for text in batch[text_column]:
+            yield from document_pieces(text or "")
+
+
+def is_txt(dataset):
+    return list(dataset.features or {}) == list(TXT_FEATURES)
+
+
+def first_documents(pieces, count):
+    """The pieces of the first `count` documents (all of them for count=0)."""
+    for piece, document_end in pieces:
+        yield piece, document_end
+        count -= document_end
+        if count == 0:
+            return
+
+
+def task_batches(pieces, split=None, val_fraction=0.0):
+    """Batches of (split, [(piece, ends_document), ...]) of bounded size, for the workers.
+
+    With split=None, pieces are held out for validation by index: whole stories, as a story is one
+    piece; a document too long for one piece is held out piece by piece.
+    """
+    batches = {name: [] for name in SPLITS}
+    sizes = dict.fromkeys(SPLITS, 0)
+    for index, (piece, document_end) in enumerate(pieces):
+        name = split or ("validation" if held_out(index, val_fraction) else "train")
+        if split is None and not document_end and name == "validation":
+            document_end = True  # a held-out piece of a long document: its own little document
+        batches[name].append((piece, document_end))
+        sizes[name] += len(piece)
+        if len(batches[name]) >= PIECES_PER_TASK or sizes[name] >= CHARS_PER_TASK:
+            yield name, batches[name]
+            batches[name], sizes[name] = [], 0
+    for name, batch in batches.items():
+        if batch:
+            yield name, batch
+
+
+# ----------------------------------------------------------------------------- tokenizing
 
 _encoder = None
 
@@ -160,54 +326,28 @@ def _init_worker():
     _encoder = load_tokenizer()
 
 
-def encode_stories(stories):
-    """Token ids of each non-empty story followed by EOT, concatenated; the story count and text bytes.
+def encode_pieces(pieces):
+    """Token ids of (piece, ends_document) pairs, EOT after each document's last piece; the
+    number of documents ended and the bytes of text.
 
-    The stories are joined with the EOT text and encoded in one call with EOT as the only allowed
-    special token: tiktoken then encodes each piece between EOTs exactly as encode_ordinary would
-    (the pre-tokenizer never looks across a special token), with less per-call overhead than one
-    call per story, and straight into a numpy array. A story that itself contains the EOT text would be cut there,
-    so such a batch takes the per-story path.
+    The text is joined, with the EOT text at the end of each document, and encoded in one call
+    with EOT as the only allowed special token: tiktoken then encodes each stretch between EOTs
+    exactly as encode_ordinary would (the pre-tokenizer never looks across a special token), with
+    less per-call overhead than one call per document, and straight into a numpy array. A piece
+    that itself contains the EOT text would be cut there, so such a batch takes the per-piece path.
     """
-    stories = [s for s in (story.strip() for story in stories) if s]
-    text_bytes = sum(len(s.encode("utf-8")) for s in stories)
-    if not stories:
-        return np.zeros(0, dtype=np.uint16), 0, 0
+    text_bytes = sum(len(piece.encode("utf-8")) for piece, _ in pieces)
+    documents = sum(document_end for _, document_end in pieces)
     eot_text = _encoder.decode([EOT_TOKEN])
-    if any(eot_text in s for s in stories):
-        ids = [t for s in stories for t in _encoder.encode_ordinary(s) + [EOT_TOKEN]]
-        return np.array(ids, dtype=np.uint16), len(stories), text_bytes
-    joined = eot_text.join(stories) + eot_text
+    if any(eot_text in piece for piece, _ in pieces):
+        ids = [t for piece, end in pieces for t in _encoder.encode_ordinary(piece) + [EOT_TOKEN] * end]
+        return np.array(ids, dtype=np.uint16), documents, text_bytes
+    joined = "".join(piece + eot_text * end for piece, end in pieces)
     ids = _encoder.encode_to_numpy(joined, allowed_special={eot_text}, disallowed_special=())
-    return ids.astype(np.uint16), len(stories), text_bytes
+    return ids.astype(np.uint16), documents, text_bytes
 
 
-def text_batches(dataset):
-    """Lists of up to STORIES_PER_TASK texts from a datasets.Dataset or IterableDataset."""
-    for batch in dataset.select_columns(["text"]).iter(batch_size=STORIES_PER_TASK):
-        yield batch["text"]
-
-
-def story_batches(dataset, split=None, val_fraction=0.0):
-    """Batches of (split, stories) read through the dataset without loading it all.
-
-    With split=None, whole stories are held out from the dataset for validation by index.
-    """
-    index = 0
-    for texts in text_batches(dataset):
-        if split is not None:
-            yield split, texts
-            continue
-        by_split = {"train": [], "validation": []}
-        for text in texts:
-            if not text.strip():  # empty stories are dropped anyway; they must not take a validation slot
-                continue
-            by_split["validation" if held_out(index, val_fraction) else "train"].append(text)
-            index += 1
-        for name, chunk in by_split.items():
-            if chunk:
-                yield name, chunk
-
+# ----------------------------------------------------------------------------- writing the files
 
 def write_to(f, data=b""):
     """Append data to an open output file, flushing it to disk when data is empty; WriteError
@@ -223,7 +363,7 @@ def write_to(f, data=b""):
 
 
 def tokenize_to_files(jobs, out_files, stats, pool, num_proc, total):
-    """Tokenize `jobs` (split, stories) in the worker pool and append ids to out_files[split].
+    """Tokenize `jobs` (split, pieces) in the worker pool and append ids to out_files[split].
 
     At most a few tasks are in flight at once, so memory stays flat however large the input.
     """
@@ -234,15 +374,15 @@ def tokenize_to_files(jobs, out_files, stats, pool, num_proc, total):
 
         def finish_one():
             split, result = in_flight.popleft()
-            ids, stories, text_bytes = result.get()
+            ids, documents, text_bytes = result.get()
             write_to(out_files[split], ids.tobytes())
-            stats[split]["stories"] += stories
+            stats[split]["stories"] += documents
             stats[split]["tokens"] += int(ids.size)
             stats[split]["text_bytes"] += text_bytes
-            bar.update(stories)
+            bar.update(documents)
 
-        for split, stories in jobs:
-            in_flight.append((split, pool.apply_async(encode_stories, (stories,))))
+        for split, pieces in jobs:
+            in_flight.append((split, pool.apply_async(encode_pieces, (pieces,))))
             if len(in_flight) >= 4 * num_proc:
                 finish_one()
         while in_flight:
@@ -251,10 +391,21 @@ def tokenize_to_files(jobs, out_files, stats, pool, num_proc, total):
 
 def main():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--input", nargs="+", metavar="PATH", help="local train files or folders (default: the hub)")
+    parser.add_argument("--dataset", default=HUB_DATASET,
+                        help="a Hugging Face hub dataset id, or a local folder laid out like one")
+    parser.add_argument("--dataset_config", default=None, help="the dataset's configuration (subset), if it has several")
+    parser.add_argument("--revision", default=None, help="a branch, tag or commit of the dataset's hub repository")
+    parser.add_argument("--text_column", default="text", help="the column holding the text (.jsonl/.parquet too)")
+    parser.add_argument("--train_split", default="train", help="the dataset's split to train on")
+    parser.add_argument("--val_split", default=None,
+                        help="the split to validate on (default: 'validation' if the dataset has one, "
+                             "else --val_fraction of the training split is held out)")
+    parser.add_argument("--max_stories", type=int, default=0,
+                        help="read only the first N training stories (documents), for a quick run; 0 = all")
+    parser.add_argument("--input", nargs="+", metavar="PATH", help="local train files or folders, instead of --dataset")
     parser.add_argument("--val_input", nargs="+", metavar="PATH", help="local validation files or folders")
     parser.add_argument("--val_fraction", type=float, default=0.01,
-                        help="without --val_input: fraction of --input stories held out for validation")
+                        help="without a validation split: fraction of the training stories held out for validation")
     parser.add_argument("--out_dir", default="data", help="where train.bin, validation.bin, meta.json go")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="tokenizer processes (default: all cores)")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -263,6 +414,8 @@ def main():
         raise UserError(f"--val_fraction={args.val_fraction} must be between 0 and 1")
     if args.num_proc < 1:
         raise UserError(f"--num_proc={args.num_proc} must be at least 1")
+    if args.max_stories < 0:
+        raise UserError(f"--max_stories={args.max_stories} must be 0 (all) or more")
 
     outputs = [os.path.join(args.out_dir, name) for name in ("train.bin", "validation.bin", "meta.json")]
     if all(os.path.exists(p) for p in outputs) and not args.force:
@@ -272,23 +425,31 @@ def main():
     load_tokenizer()  # fail now, with the offline instructions, rather than inside every worker
     # Start the tokenizer processes before `datasets` is imported: forked later, each would carry
     # a copy of its memory.
-    with multiprocessing.Pool(args.num_proc, initializer=_init_worker) as pool:
-        write_splits(args, pool)
+    with multiprocessing.Pool(args.num_proc, initializer=_init_worker) as pool, \
+            tempfile.TemporaryDirectory(prefix="prepare-") as scratch:
+        write_splits(args, pool, scratch)
 
 
-def write_splits(args, pool):
-    """Tokenize the input into OUT_DIR/{train,validation}.bin and write meta.json."""
-    splits = load_splits(args)
+def write_splits(args, pool, scratch):
+    """Tokenize the input into OUT_DIR/{train,validation}.bin and write meta.json; `scratch` is a
+    temporary folder for files that are not kept."""
+    splits, revision = load_splits(args, scratch)
+    train, source = splits["train"]
+    train_pieces = dataset_pieces(train, args.text_column)
+    if args.max_stories:
+        train_pieces = first_documents(train_pieces, args.max_stories)
     if splits["validation"] is None:
-        train, source = splits["train"]
-        jobs = story_batches(train, val_fraction=args.val_fraction)
+        jobs = task_batches(train_pieces, val_fraction=args.val_fraction)
         sources = {"train": source, "validation": f"{source} (held-out fraction {args.val_fraction})"}
     else:
-        jobs = (job for split in SPLITS for job in story_batches(splits[split][0], split))
+        val_pieces = dataset_pieces(splits["validation"][0], args.text_column)
+        jobs = (job for split, pieces in (("train", train_pieces), ("validation", val_pieces))
+                for job in task_batches(pieces, split))
         sources = {split: splits[split][1] for split in SPLITS}
     datasets_read = [dataset for dataset, _ in filter(None, splits.values())]
-    # a streamed .txt has no known length: the progress bar then just counts up
-    total = sum(map(len, datasets_read)) if all(hasattr(d, "__len__") for d in datasets_read) else None
+    # a streamed dataset has no known length: the progress bar then just counts up
+    lengths_known = all(hasattr(d, "__len__") for d in datasets_read) and not args.max_stories
+    total = sum(map(len, datasets_read)) if lengths_known else None
 
     stats = {split: {"stories": 0, "tokens": 0, "text_bytes": 0, "source": sources[split]} for split in SPLITS}
     tmp_paths = {split: os.path.join(args.out_dir, f".{split}.bin.tmp") for split in SPLITS}
@@ -316,8 +477,10 @@ def write_splits(args, pool):
             if os.path.exists(tmp_paths[split]):
                 os.remove(tmp_paths[split])
 
+    dataset = {"name": None if args.input else args.dataset, "config": args.dataset_config, "revision": revision,
+               "text_column": args.text_column, "max_stories": args.max_stories or None}
     meta = {"tokenizer": ENCODING_NAME, "vocab_size": VOCAB_SIZE, "eot_token": EOT_TOKEN,
-            "dtype": "uint16", "splits": stats}
+            "dtype": "uint16", "dataset": dataset, "splits": stats}
     atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
     for split in SPLITS:
         s = stats[split]

@@ -216,7 +216,7 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, model, optimizer, scaler, model_args, cfg, step, best_val_loss, world_size):
+def save_checkpoint(path, model, optimizer, scaler, model_args, cfg, step, best_val_loss, world_size, wandb_run_id):
     """Write the whole training state to `path` (rank 0 writes). Every rank must call it: it
     gathers each rank's random state, so that a resumed run draws the same dropout masks."""
     states = [rng_state()]
@@ -227,11 +227,12 @@ def save_checkpoint(path, model, optimizer, scaler, model_args, cfg, step, best_
         return
     checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                      "model_args": model_args, "config": vars(cfg), "step": step, "best_val_loss": best_val_loss,
-                     "rng": states}, path)
+                     "rng": states, "wandb_run_id": wandb_run_id}, path)
 
 
 def resume(path, model, optimizer, scaler, model_args, rank, world_size, log):
-    """Load ckpt.pt into the model, optimizer, scaler and random generators; (step, best_val_loss)."""
+    """Load ckpt.pt into the model, optimizer, scaler and random generators; (step, best_val_loss,
+    the id of its W&B run or None)."""
     state = checkpoint.load_checkpoint(path, next(model.parameters()).device)
     saved = state.get("model_args", {})
     differ = {k: (saved.get(k), v) for k, v in model_args.items() if k != "dropout" and saved.get(k) != v}
@@ -252,7 +253,7 @@ def resume(path, model, optimizer, scaler, model_args, rank, world_size, log):
         log(f"note: the checkpoint was written by {len(rng_states)} processes, now {world_size}: "
             "dropout continues with fresh random streams (not bit-identical to an uninterrupted run)")
     log(f"resuming from {path} at step {step} (best val loss {best_val_loss:.4f})")
-    return step, best_val_loss
+    return step, best_val_loss, state.get("wandb_run_id")
 
 
 # ----------------------------------------------------------------------------- guarding out_dir
@@ -330,13 +331,30 @@ class StopRequest:
 
 
 def throughput(model, steps, tokens_per_step, seconds, device_type, world_size):
-    """'N tokens/s | X TFLOP/s | MFU Y%' for the log; MFU only on a GPU whose bf16 peak is known."""
+    """{'tokens_per_s', 'tflops', 'mfu'}; MFU (a fraction) only on a GPU whose bf16 peak is known."""
     tokens_per_s = steps * tokens_per_step / seconds
     flops = model.flops_per_token() * tokens_per_s
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items()
                  if device_type == "cuda" and k in torch.cuda.get_device_name()), None)
-    mfu = f" | MFU {100 * flops / (peak * 1e12 * world_size):.1f}%" if peak else ""
-    return f"{tokens_per_s:,.0f} tokens/s | {flops / 1e12:.2f} TFLOP/s{mfu}"
+    return {"tokens_per_s": tokens_per_s, "tflops": flops / 1e12,
+            "mfu": flops / (peak * 1e12 * world_size) if peak else None}
+
+
+def import_wandb():
+    """The wandb module, imported only when a run asks for it: it is an optional dependency."""
+    try:
+        import wandb
+    except ImportError as e:
+        raise UserError("--wandb_log=true needs the wandb package: install it with `pip install wandb`, "
+                        "or run without --wandb_log") from e
+    return wandb
+
+
+def start_wandb(wandb, cfg, run_id):
+    """The run's Weights & Biases log: a new W&B run, or with the id saved in ckpt.pt the same one
+    continued. Its files go into out_dir/wandb (WANDB_MODE=offline keeps them there only)."""
+    return wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or None, config=vars(cfg),
+                      id=run_id, resume="allow" if run_id else None, dir=cfg.out_dir)
 
 
 # ----------------------------------------------------------------------------- main
@@ -346,6 +364,7 @@ def main():
     rank, local_rank, world_size = setup_distributed()
     master = rank == 0
     log = print if master else (lambda *args, **kwargs: None)
+    wandb = import_wandb() if cfg.wandb_log and master else None
     device = resolve_device(cfg.device, local_rank, torch.distributed.is_initialized())
     device_type = device.split(":")[0]
     dtype = resolve_dtype(cfg.dtype, device_type)
@@ -373,9 +392,10 @@ def main():
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     for seed_rng in (torch.manual_seed, random.seed, np.random.seed):
         seed_rng(cfg.seed + rank)  # after the init: each rank its own dropout masks
-    step, best_val_loss = 0, float("inf")
+    step, best_val_loss, wandb_run_id = 0, float("inf"), None
     if cfg.init_from == "resume":
-        step, best_val_loss = resume(ckpt_path, raw_model, optimizer, scaler, model_args, rank, world_size, log)
+        step, best_val_loss, wandb_run_id = resume(ckpt_path, raw_model, optimizer, scaler, model_args, rank,
+                                                   world_size, log)
     resumed_at = step if cfg.init_from == "resume" else None
     if resumed_at is not None and step >= cfg.max_iters:
         log(f"{ckpt_path} is at step {step} and --max_iters={cfg.max_iters}: nothing left to train "
@@ -402,8 +422,9 @@ def main():
     saved_step = resumed_at  # the step whose state ckpt.pt on disk holds
     start_time = last_log_time = time.time()
     last_log_step = step
+    tracker = start_wandb(wandb, cfg, wandb_run_id) if wandb else None
     save = functools.partial(save_checkpoint, ckpt_path, raw_model, optimizer, scaler, model_args, cfg,
-                             world_size=world_size)
+                             world_size=world_size, wandb_run_id=tracker.id if tracker else None)
     with explain_write_failures(cfg.out_dir):
         while True:
             # evaluate, keep the best weights, save the latest state
@@ -416,6 +437,8 @@ def main():
                 if master:
                     rows.append(row)
                     write_metrics(cfg.out_dir, rows)
+                if tracker:
+                    tracker.log({k: v for k, v in row.items() if k != "step"}, step=step)
                 if losses["validation"] < best_val_loss:
                     best_val_loss = losses["validation"]
                     if master:
@@ -450,7 +473,11 @@ def main():
             if step % cfg.log_interval == 0 and master:
                 speed = throughput(raw_model, step - last_log_step, tokens_per_step, time.time() - last_log_time,
                                    device_type, world_size)
-                log(f"step {step}/{cfg.max_iters} | loss {loss:.4f} | lr {lr:.2e} | {speed}")
+                mfu = f" | MFU {100 * speed['mfu']:.1f}%" if speed["mfu"] else ""
+                log(f"step {step}/{cfg.max_iters} | loss {loss:.4f} | lr {lr:.2e} | "
+                    f"{speed['tokens_per_s']:,.0f} tokens/s | {speed['tflops']:.2f} TFLOP/s{mfu}")
+                if tracker:
+                    tracker.log({"loss": loss, "lr": lr, **{k: v for k, v in speed.items() if v is not None}}, step=step)
                 last_log_time, last_log_step = time.time(), step
 
     if step == cfg.max_iters:
@@ -458,6 +485,8 @@ def main():
     else:
         log(f"stopped by {signal.Signals(stop.signum).name} after step {step}; saved {ckpt_path}. "
             f"Resume with: python train.py --init_from=resume --out_dir={cfg.out_dir} (plus your other flags)")
+    if tracker:
+        tracker.finish()
     finish_distributed()
     if lock is not None:
         lock.close()  # out_dir is free for the next run

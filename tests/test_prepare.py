@@ -148,7 +148,19 @@ def test_missing_tokenizer_files_explain_the_offline_install(tmp_path, monkeypat
                        "tokenizer.py --install")
 
 
-def test_txt_stories_split_exactly_at_separator_lines_across_read_chunks(tmp_path):
+def documents_of(pieces):
+    """Join (piece, ends_document) pairs back into documents."""
+    documents, current = [], []
+    for piece, document_end in pieces:
+        current.append(piece)
+        if document_end:
+            documents.append("".join(current))
+            current = []
+    assert not current  # every document was ended
+    return documents
+
+
+def test_txt_documents_split_exactly_at_separator_lines_across_read_chunks(tmp_path):
     rng = random.Random(0)
     separators = ["<|endoftext|>", "<|endoftext|> \r", "<|endoftext|>\t"]
     not_separators = ["x <|endoftext|>", "<|endoftext|>x", " <|endoftext|>"]  # stay inside the story
@@ -159,16 +171,60 @@ def test_txt_stories_split_exactly_at_separator_lines_across_read_chunks(tmp_pat
     text = rng.choice(separators) + "\n" + "\n".join(lines)  # a separator on the very first line too
     (tmp_path / "s.txt").write_text(text)
     reference = re.split(r"^<\|endoftext\|>[ \t\r]*$", text, flags=re.MULTILINE)
-    assert [s.strip() for s in prepare.txt_stories([str(tmp_path / "s.txt")])] == [s.strip() for s in reference]
+    documents = documents_of(prepare.txt_pieces([str(tmp_path / "s.txt")]))
+    assert documents == [s.strip() for s in reference if s.strip()]  # stripped, empty ones dropped
 
 
-def test_batch_encoding_equals_encode_ordinary_per_story():
+def book(chars, seed=0):
+    """Text like a book's: lines of words, paragraphs, punctuation, some runs of spaces."""
+    rng = random.Random(seed)
+    words = "Once upon a time there was a little girl named Lily , . ! she  liked 'the park' 42 café".split(" ")
+    lines = []
+    while sum(map(len, lines)) < chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(0, 14)))
+        lines.append(line + rng.choice(["", "", " ", "\n"]))
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("limit", [64, 1000, 4096])
+def test_pieces_of_a_long_document_tokenize_exactly_as_the_whole(limit):
+    enc = load_tokenizer()
+    text = book(20_000, seed=limit)
+    pieces = list(prepare.document_pieces(text, limit=limit))
+    assert len(pieces) > 1 and all(len(piece) <= limit for piece, _ in pieces)
+    assert [end for _, end in pieces] == [False] * (len(pieces) - 1) + [True]
+    assert "".join(piece for piece, _ in pieces) == text.strip()
+    assert [t for piece, _ in pieces for t in enc.encode_ordinary(piece)] == enc.encode_ordinary(text.strip())
+
+
+def test_text_without_any_whitespace_is_cut_at_the_limit_losslessly():
+    # nowhere to cut safely: the pieces are cut at the limit; the tokens of the word spanning each
+    # cut may differ from the whole text's, but they decode to exactly the same text
+    enc = load_tokenizer()
+    text = "abcdefghij" * 1000
+    pieces = [piece for piece, _ in prepare.document_pieces(text, limit=3000)]
+    assert [len(piece) for piece in pieces] == [3000, 3000, 3000, 1000]
+    assert enc.decode([t for piece in pieces for t in enc.encode_ordinary(piece)]) == text
+
+
+def test_a_txt_without_separators_is_read_in_pieces_that_rejoin_to_the_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "PIECE_CHARS", 2000)  # small pieces and reads: many cuts in a small file
+    monkeypatch.setattr(prepare, "READ_CHARS", 3000)
+    text = book(60_000, seed=1)
+    (tmp_path / "book.txt").write_text("\n\n" + text + "\n<|endoftext|>\n" + "A second document.\n")
+    pieces = list(prepare.txt_pieces([str(tmp_path / "book.txt")]))
+    assert max(len(piece) for piece, _ in pieces) <= 2 * 2000
+    assert documents_of(pieces) == [text.strip(), "A second document."]
+
+
+def test_batch_encoding_equals_encode_ordinary_per_document():
     prepare._init_worker()
     enc = load_tokenizer()
-    stories = ["Once upon a time.", "  ", "Émile saw a café 😊!\n\nThe end.", " x", "a\n<|endoftext|>"]
-    for batch in (stories[:4], stories):  # the last story holds the EOT text: the per-story path
-        ids, count, text_bytes = prepare.encode_stories(batch)
-        kept = [s.strip() for s in batch if s.strip()]
+    documents = ["Once upon a time.", "Émile saw a café 😊!\n\nThe end.", "x", "a\n<|endoftext|>"]
+    pieces = [(documents[0], True), ("Émile saw a café", False), (" 😊!\n\nThe end.", True), (documents[2], True)]
+    for batch, kept in ((pieces, documents[:3]), (pieces + [(documents[3], True)], documents)):
+        # the last document holds the EOT text: the per-piece path
+        ids, count, text_bytes = prepare.encode_pieces(batch)
         assert ids.dtype.name == "uint16" and (count, text_bytes) == (len(kept), sum(len(s.encode()) for s in kept))
         assert ids.tolist() == [t for s in kept for t in enc.encode_ordinary(s) + [EOT_TOKEN]]
 
@@ -185,3 +241,68 @@ def test_running_out_of_space_while_writing_bin_files_keeps_the_earlier_outputs(
                        "run prepare.py again")
     assert {name: (tmp_path / "d" / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["meta.json", "train.bin", "validation.bin"]
+
+
+def hub_layout(folder, splits, column="text"):
+    """A local folder laid out as a dataset repository on the Hugging Face hub: parquet shards
+    under data/ and a README whose `configs` section names the splits."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "data").mkdir(parents=True)
+    for split, stories in splits.items():
+        pq.write_table(pa.table({column: stories, "id": list(range(len(stories)))}),
+                       folder / "data" / f"{split}-00000-of-00001.parquet")
+    files = "\n".join(f"  - split: {split}\n    path: data/{split}-*" for split in splits)
+    (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n{files}\n---\n# stories\n")
+    return folder
+
+
+@pytest.mark.slow
+def test_a_folder_laid_out_like_a_hub_dataset_loads_by_the_same_call(tmp_path):
+    train, val = make_stories(30, seed=5), make_stories(6, seed=6)
+    repo = hub_layout(tmp_path / "repo", {"train": train, "validation": val}, column="story")
+    result = run_script("prepare.py", "--dataset", repo, "--text_column", "story", "--out_dir", tmp_path / "d")
+    assert result.returncode == 0, result.stderr
+    assert np.fromfile(tmp_path / "d/train.bin", dtype=np.uint16).tolist() == expected_ids(train)
+    assert np.fromfile(tmp_path / "d/validation.bin", dtype=np.uint16).tolist() == expected_ids(val)
+    meta = json.loads((tmp_path / "d/meta.json").read_text())
+    assert meta["dataset"]["name"] == str(repo) and meta["dataset"]["text_column"] == "story"
+    assert meta["splits"]["validation"]["source"] == f"{repo}/validation"
+
+
+@pytest.mark.slow
+def test_a_wrong_column_or_split_names_the_ones_that_exist(tmp_path):
+    repo = hub_layout(tmp_path / "repo", {"train": make_stories(10), "validation": make_stories(3)})
+    assert_clean_error(run_script("prepare.py", "--dataset", repo, "--text_column", "story", "--out_dir", tmp_path / "d"),
+                       "has no column 'story'", "its columns: text, id", "--text_column")
+    assert_clean_error(run_script("prepare.py", "--dataset", repo, "--val_split", "test", "--out_dir", tmp_path / "d"),
+                       "has no split 'test'", "its splits: train, validation", "--val_split")
+    assert_clean_error(run_script("prepare.py", "--dataset", tmp_path / "nowhere", "--out_dir", tmp_path / "d"),
+                       "cannot load dataset")
+
+
+@pytest.mark.slow
+def test_without_a_validation_split_a_fraction_is_held_out_and_max_stories_reads_a_prefix(tmp_path):
+    stories = make_stories(200, seed=7)
+    repo = hub_layout(tmp_path / "repo", {"train": stories})
+    result = run_script("prepare.py", "--dataset", repo, "--max_stories", "100", "--val_fraction", "0.1",
+                        "--out_dir", tmp_path / "d")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((tmp_path / "d/meta.json").read_text())
+    assert (meta["splits"]["train"]["stories"], meta["splits"]["validation"]["stories"]) == (90, 10)
+    assert meta["dataset"]["max_stories"] == 100
+    held = [s for i, s in enumerate(stories[:100]) if int((i + 1) * 0.1) > int(i * 0.1)]
+    assert np.fromfile(tmp_path / "d/validation.bin", dtype=np.uint16).tolist() == expected_ids(held)
+
+
+@pytest.mark.slow
+def test_a_txt_with_no_separators_is_one_document_tokenized_as_a_whole(tmp_path):
+    text = book(300_000, seed=2)  # several pieces of PIECE_CHARS, tokenized by different workers
+    (tmp_path / "book.txt").write_text(text)
+    write_txt(tmp_path / "val.txt", make_stories(3))
+    result = run_script("prepare.py", "--input", tmp_path / "book.txt", "--val_input", tmp_path / "val.txt",
+                        "--out_dir", tmp_path / "d")
+    assert result.returncode == 0, result.stderr
+    assert np.fromfile(tmp_path / "d/train.bin", dtype=np.uint16).tolist() == expected_ids([text.strip()])
+    assert json.loads((tmp_path / "d/meta.json").read_text())["splits"]["train"]["stories"] == 1
