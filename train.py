@@ -424,7 +424,7 @@ def main():
     last_log_step = step
     tracker = start_wandb(wandb, cfg, wandb_run_id) if wandb else None
     save = functools.partial(save_checkpoint, ckpt_path, raw_model, optimizer, scaler, model_args, cfg,
-                             world_size=world_size, wandb_run_id=tracker.id if tracker else None)
+                             world_size=world_size, wandb_run_id=tracker.id if tracker else wandb_run_id)
     with explain_write_failures(cfg.out_dir):
         while True:
             # evaluate, keep the best weights, save the latest state
