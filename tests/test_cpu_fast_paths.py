@@ -153,9 +153,10 @@ def test_few_rows_linear_equals_f_linear(rows, out_features, bias):
 
 @pytest.mark.parametrize("kv_cache", [True, False])
 def test_greedy_tokens_equal_the_plain_model(kv_cache):
-    # the default model's widths, so that the few-row Linear is used for every layer it applies to
-    plain, fast = plain_and_fast(vocab_size=50257, n_embd=384, n_head=6, block_size=32)
+    # the default model's width, so that the few-row Linear is used for every layer it applies to
+    plain, fast = plain_and_fast(vocab_size=8192, n_embd=384, n_head=6, block_size=32)
     assert type(fast.transformer.h[0].mlp.c_fc) is cpu_fast_paths.FewRowsLinear
-    idx = torch.randint(0, 50257, (2, 5), generator=torch.Generator().manual_seed(5))
+    assert type(fast.lm_head) is cpu_fast_paths.FewRowsLinear
+    idx = torch.randint(0, 8192, (2, 5), generator=torch.Generator().manual_seed(5))
     expected = plain.generate(idx, 40, temperature=0, kv_cache=kv_cache)  # crosses block_size: the window jumps
     assert torch.equal(fast.generate(idx, 40, temperature=0, kv_cache=kv_cache), expected)
