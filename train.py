@@ -97,6 +97,9 @@ def make_optimizers(model, cfg, device_type):
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "adamw":
         return {"adamw": model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, betas, device_type)}
+    if not hasattr(torch.optim, "Muon"):
+        raise UserError(f"--optimizer=muon needs torch.optim.Muon, new in PyTorch 2.9, and this is torch "
+                        f"{torch.__version__}; upgrade torch or use --optimizer=adamw")
     hidden = model.hidden_matrices()
     return {"muon": torch.optim.Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
                                      weight_decay=cfg.muon_weight_decay),

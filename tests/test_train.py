@@ -79,6 +79,12 @@ def test_muon_and_adamw_share_the_parameters_each_exactly_once(bias):
     assert sum(len(g["params"]) for g in only_adamw["adamw"].param_groups) == len(named)
 
 
+def test_muon_on_a_torch_without_it_is_a_clean_error(monkeypatch):
+    monkeypatch.delattr(torch.optim, "Muon")
+    with pytest.raises(UserError, match="--optimizer=muon needs torch.optim.Muon, new in PyTorch 2.9"):
+        make_optimizers(tiny_model(), config.parse_args(["--optimizer=muon"]), "cpu")
+
+
 def test_muon_trains_a_tiny_model_with_accumulation_and_clipping(tiny_data):
     cfg = config.parse_args([f"--data_dir={tiny_data}", "--optimizer=muon", "--block_size=32", "--batch_size=4",
                              "--learning_rate=1e-2", "--min_lr=1e-3", "--warmup_iters=2", "--lr_decay_iters=15",
