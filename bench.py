@@ -150,7 +150,7 @@ def bench_train(device, args, ceiling, weighted):
     config = GPTConfig()  # the default model, dropout 0.1 included, as train.py builds it
     model = GPT(config).to(device).train()
     cpu_fast_paths.enable(model, device, dtype, use_compile)  # as train.py
-    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), device_type)
+    optimizers = {"adamw": model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), device_type)}  # config.py's
     step_model = torch.compile(model) if use_compile else model
     autocast = torch.autocast(device_type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(device_type, enabled=False)  # bf16 and fp32 need no loss scaling
@@ -160,7 +160,7 @@ def bench_train(device, args, ceiling, weighted):
 
     def step():
         start = time.perf_counter()
-        train_step(step_model, optimizer, scaler, same_batch, 1, autocast, grad_clip=1.0)  # config.py's grad_clip
+        train_step(step_model, optimizers, scaler, same_batch, 1, autocast, grad_clip=1.0)  # config.py's grad_clip
         synchronize(device)
         return time.perf_counter() - start
 

@@ -38,12 +38,16 @@ bias = True  # biases in Linear and LayerNorm layers, as in GPT-2
 batch_size = 32  # sequences per micro-batch (per GPU); raise it on a big GPU, lower the next one
 gradient_accumulation_steps = 32  # micro-batches summed per optimizer step (divided across DDP ranks)
 
-# --- optimizer: AdamW, weight decay on 2-D weights only ---
-learning_rate = 1e-3  # peak learning rate, reached after warmup
+# --- optimizer: AdamW, weight decay on 2-D weights only; or Muon for the blocks' matrices ---
+optimizer = "adamw"  # 'adamw' for every weight, or 'muon': Muon for the blocks' 2-D weights, AdamW for the rest
+learning_rate = 1e-3  # AdamW's peak learning rate, reached after warmup
 weight_decay = 0.1  # decoupled weight decay (AdamW), on 2-D weights only
 beta1 = 0.9  # AdamW momentum
 beta2 = 0.95  # AdamW second-moment decay; 0.95 rather than 0.999 steadies LM training
 grad_clip = 1.0  # clip the global gradient norm to this; 0 disables clipping
+muon_lr = 0.02  # Muon's peak learning rate (--optimizer=muon); it follows learning_rate's warmup and cosine
+muon_momentum = 0.95  # Muon's Nesterov momentum
+muon_weight_decay = 0.0  # Muon's decoupled weight decay (each step shrinks its weights by lr * this)
 
 # --- schedule, counted in optimizer steps ---
 max_iters = 5000  # optimizer steps in the whole run
@@ -65,6 +69,7 @@ CHOICES = {
     "init_from": ("scratch", "resume"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "compile": ("auto", "true", "false"),
+    "optimizer": ("adamw", "muon"),
 }
 
 
@@ -173,14 +178,15 @@ def validate(cfg):
         raise UserError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}; pick n_embd as a multiple of n_head")
     if not 0.0 <= cfg.dropout < 1.0:
         raise UserError(f"--dropout={cfg.dropout} must be in [0, 1)")
-    if cfg.learning_rate <= 0:
-        raise UserError(f"--learning_rate={cfg.learning_rate} must be positive")
+    for name in ("learning_rate", "muon_lr"):
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"--{name}={getattr(cfg, name)} must be positive")
     if not 0.0 <= cfg.min_lr <= cfg.learning_rate:
         raise UserError(f"min_lr={cfg.min_lr} must be between 0 and learning_rate={cfg.learning_rate}")
-    for name in ("beta1", "beta2"):
+    for name in ("beta1", "beta2", "muon_momentum"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise UserError(f"--{name}={getattr(cfg, name)} must be in [0, 1)")
-    for name in ("weight_decay", "grad_clip"):
+    for name in ("weight_decay", "grad_clip", "muon_weight_decay"):
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name}={getattr(cfg, name)} must not be negative")
     return cfg

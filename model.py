@@ -148,9 +148,17 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
         return None, loss
 
-    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on matrices (weights, embeddings) only, not biases or LayerNorms."""
-        params = [p for p in self.parameters() if p.requires_grad]
+    def hidden_matrices(self):
+        """The 2-D weights inside the transformer blocks (attention c_attn, c_proj; MLP c_fc, c_proj):
+        the ones Muon trains with --optimizer=muon. The embeddings (with the tied LM head), biases
+        and LayerNorms are not hidden matrices: AdamW trains them either way."""
+        return [p for block in self.transformer.h for p in block.parameters() if p.dim() == 2]
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type, exclude=()):
+        """AdamW with weight decay on matrices (weights, embeddings) only, not biases or LayerNorms;
+        the parameters in `exclude` are left to another optimizer."""
+        excluded = {id(p) for p in exclude}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in excluded]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},

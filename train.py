@@ -10,7 +10,8 @@ best_model_params.pt (the weights with the best validation loss, a plain state_d
 config.json (the run's configuration), metrics.csv and loss.png.
 
 Reading order: main() at the bottom sets up and runs the loop; the functions above it are its
-steps (the learning-rate schedule, one optimizer step, evaluation, saving and resuming).
+steps (the optimizers and their learning-rate schedule, one optimizer step, evaluation, saving and
+resuming).
 """
 import contextlib
 import csv
@@ -83,16 +84,51 @@ def all_mean(value, world_size, device):
     return t.item() / world_size
 
 
-# ----------------------------------------------------------------------------- schedule and batches
+# ----------------------------------------------------------------------------- optimizers, schedule, batches
+
+def make_optimizers(model, cfg, device_type):
+    """The optimizers of this run, {name: optimizer}, stepped together every step.
+
+    --optimizer=adamw: {'adamw': AdamW over every parameter}. --optimizer=muon: {'muon': Muon over
+    the blocks' 2-D weights, 'adamw': AdamW over the rest (the embeddings with the tied LM head,
+    biases, LayerNorms)}. Muon orthogonalizes each matrix's update, which only means something
+    for a matrix that maps one hidden space to another.
+    """
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "adamw":
+        return {"adamw": model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, betas, device_type)}
+    if not hasattr(torch.optim, "Muon"):
+        raise UserError(f"--optimizer=muon needs torch.optim.Muon, new in PyTorch 2.9, and this is torch "
+                        f"{torch.__version__}; upgrade torch or use --optimizer=adamw")
+    hidden = model.hidden_matrices()
+    return {"muon": torch.optim.Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                                     weight_decay=cfg.muon_weight_decay),
+            "adamw": model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, betas, device_type, exclude=hidden)}
+
 
 def get_lr(step, cfg):
-    """Learning rate for optimizer step `step`: linear warmup, then cosine decay to min_lr."""
+    """AdamW's learning rate for optimizer step `step`: linear warmup, then cosine decay to min_lr."""
     if step < cfg.warmup_iters:
         return cfg.learning_rate * (step + 1) / cfg.warmup_iters
     if step >= cfg.lr_decay_iters:
         return cfg.min_lr
     progress = (step - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def set_learning_rates(optimizers, step, cfg):
+    """Set every param group's learning rate for step `step`; returns AdamW's (for the log).
+
+    One schedule for all: each optimizer's peak times get_lr(step) / learning_rate, the fraction
+    of the peak that warmup and cosine allow at this step (so Muon's floor is muon_lr * min_lr /
+    learning_rate). AdamW's factor is exactly 1: its learning rates are get_lr's, bit for bit.
+    """
+    lr = get_lr(step, cfg)
+    peaks = {"adamw": cfg.learning_rate, "muon": cfg.muon_lr}
+    for name, optimizer in optimizers.items():
+        for group in optimizer.param_groups:
+            group["lr"] = lr * (peaks[name] / cfg.learning_rate)
+    return lr
 
 
 def training_batch(cfg, device, step, first_micro_batch, micro_step):
@@ -103,13 +139,15 @@ def training_batch(cfg, device, step, first_micro_batch, micro_step):
 
 # ----------------------------------------------------------------------------- one optimizer step
 
-def train_step(model, optimizer, scaler, next_batch, accum_steps, autocast, grad_clip):
+def train_step(model, optimizers, scaler, next_batch, accum_steps, autocast, grad_clip):
     """Forward and backward over accum_steps micro-batches (next_batch(i) gives the i-th), then
-    clip the gradients and update the weights. Returns the step's mean loss as a tensor, left
-    on the device so that the GPU can run ahead.
+    clip the gradients and update the weights with each of `optimizers` ({name: optimizer}).
+    Returns the step's mean loss as a tensor, left on the device so that the GPU can run ahead.
 
     With float16 the scaler multiplies the loss so that small gradients survive, and skips the
-    update (lowering its scale) when the gradients overflowed; otherwise it does nothing.
+    update (lowering its scale) when the gradients overflowed; otherwise it does nothing. With
+    two optimizers it decides for each by its own gradients (PyTorch's rule for several
+    optimizers), so in the rare step where only some gradients overflowed, one may step alone.
     """
     step_loss = 0.0
     for micro_step in range(accum_steps):
@@ -124,11 +162,14 @@ def train_step(model, optimizer, scaler, next_batch, accum_steps, autocast, grad
             scaler.scale(loss).backward()
         step_loss += loss.detach()
     if grad_clip > 0:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        for optimizer in optimizers.values():
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    for optimizer in optimizers.values():
+        scaler.step(optimizer)
+    scaler.update()  # once per step, after every optimizer
+    for optimizer in optimizers.values():
+        optimizer.zero_grad(set_to_none=True)
     return step_loss
 
 
@@ -216,7 +257,7 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, model, optimizer, scaler, model_args, cfg, step, best_val_loss, world_size, wandb_run_id):
+def save_checkpoint(path, model, optimizers, scaler, model_args, cfg, step, best_val_loss, world_size, wandb_run_id):
     """Write the whole training state to `path` (rank 0 writes). Every rank must call it: it
     gathers each rank's random state, so that a resumed run draws the same dropout masks."""
     states = [rng_state()]
@@ -225,13 +266,15 @@ def save_checkpoint(path, model, optimizer, scaler, model_args, cfg, step, best_
         torch.distributed.all_gather_object(states, rng_state())
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return
-    checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+    # the config records the optimizer (--optimizer) that made the optimizer states
+    checkpoint.save({"model": model.state_dict(), "scaler": scaler.state_dict(),
+                     "optimizer": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
                      "model_args": model_args, "config": vars(cfg), "step": step, "best_val_loss": best_val_loss,
                      "rng": states, "wandb_run_id": wandb_run_id}, path)
 
 
-def resume(path, model, optimizer, scaler, model_args, rank, world_size, log):
-    """Load ckpt.pt into the model, optimizer, scaler and random generators; (step, best_val_loss,
+def resume(path, model, optimizers, optimizer_name, scaler, model_args, rank, world_size, log):
+    """Load ckpt.pt into the model, optimizers, scaler and random generators; (step, best_val_loss,
     the id of its W&B run or None)."""
     state = checkpoint.load_checkpoint(path, next(model.parameters()).device)
     saved = state.get("model_args", {})
@@ -239,9 +282,18 @@ def resume(path, model, optimizer, scaler, model_args, rank, world_size, log):
     if differ:
         detail = ", ".join(f"{k}={old} in the checkpoint but {new} now" for k, (old, new) in differ.items())
         raise UserError(f"{path} is of another architecture ({detail}); use the same settings or a new --out_dir")
+    saved_optimizer = state.get("config", {}).get("optimizer", "adamw")  # checkpoints from before Muon: AdamW
+    if saved_optimizer != optimizer_name:
+        raise UserError(f"{path} was trained with --optimizer={saved_optimizer}, not --optimizer={optimizer_name}, "
+                        f"and one's state does not carry over to the other; resume with --optimizer={saved_optimizer}, "
+                        "or start a new run in another --out_dir")
     try:
         model.load_state_dict(checkpoint.clean_state_dict(state["model"]))
-        optimizer.load_state_dict(state["optimizer"])
+        saved_states = state["optimizer"]
+        if "param_groups" in saved_states:  # written before Muon: the AdamW's state alone
+            saved_states = {"adamw": saved_states}
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(saved_states[name])
         scaler.load_state_dict(state["scaler"])
         step, best_val_loss, rng_states = state["step"], state["best_val_loss"], state["rng"]
     except (KeyError, RuntimeError, ValueError) as e:
@@ -388,14 +440,14 @@ def main():
     raw_model = GPT(GPTConfig(**model_args)).to(device)
     use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device_type == "cuda")
     cpu_fast_paths.enable(raw_model, device, dtype, use_compile)  # only where it is faster: eager fp32 on a CPU
-    optimizer = raw_model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    optimizers = make_optimizers(raw_model, cfg, device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     for seed_rng in (torch.manual_seed, random.seed, np.random.seed):
         seed_rng(cfg.seed + rank)  # after the init: each rank its own dropout masks
     step, best_val_loss, wandb_run_id = 0, float("inf"), None
     if cfg.init_from == "resume":
-        step, best_val_loss, wandb_run_id = resume(ckpt_path, raw_model, optimizer, scaler, model_args, rank,
-                                                   world_size, log)
+        step, best_val_loss, wandb_run_id = resume(ckpt_path, raw_model, optimizers, cfg.optimizer, scaler, model_args,
+                                                   rank, world_size, log)
     resumed_at = step if cfg.init_from == "resume" else None
     if resumed_at is not None and step >= cfg.max_iters:
         log(f"{ckpt_path} is at step {step} and --max_iters={cfg.max_iters}: nothing left to train "
@@ -416,14 +468,15 @@ def main():
         run_config = {"model_args": model_args, "config": vars(cfg), "world_size": world_size}
         atomic_write(os.path.join(cfg.out_dir, "config.json"), lambda f: f.write(json.dumps(run_config, indent=2).encode()))
     log(f"model: {raw_model.num_params() / 1e6:.2f}M parameters | device {device}, {str(dtype)[6:]}, "
-        f"compile {use_compile}, {world_size} process(es) | {tokens_per_step:,} tokens per step")
+        f"compile {use_compile}, {world_size} process(es) | {tokens_per_step:,} tokens per step | "
+        f"optimizer {cfg.optimizer}")
 
     stop = StopRequest()
     saved_step = resumed_at  # the step whose state ckpt.pt on disk holds
     start_time = last_log_time = time.time()
     last_log_step = step
     tracker = start_wandb(wandb, cfg, wandb_run_id) if wandb else None
-    save = functools.partial(save_checkpoint, ckpt_path, raw_model, optimizer, scaler, model_args, cfg,
+    save = functools.partial(save_checkpoint, ckpt_path, raw_model, optimizers, scaler, model_args, cfg,
                              world_size=world_size, wandb_run_id=tracker.id if tracker else wandb_run_id)
     with explain_write_failures(cfg.out_dir):
         while True:
@@ -455,12 +508,10 @@ def main():
                 save(step=step, best_val_loss=best_val_loss)
                 saved_step = step
 
-            # one optimizer step, at this step's learning rate
-            lr = get_lr(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            # one optimizer step, at this step's learning rates
+            lr = set_learning_rates(optimizers, step, cfg)
             next_batch = functools.partial(training_batch, cfg, device, step, rank * accum_steps)
-            step_loss = train_step(model, optimizer, scaler, next_batch, accum_steps, autocast, cfg.grad_clip)
+            step_loss = train_step(model, optimizers, scaler, next_batch, accum_steps, autocast, cfg.grad_clip)
             loss = all_mean(step_loss.item(), world_size, device)  # the same verdict on every rank
             if not math.isfinite(loss) and not scaler.is_enabled():  # (float16's scaler skips such steps itself)
                 raise UserError(f"the training loss became {loss} at step {step}; stopping without saving "

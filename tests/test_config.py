@@ -37,10 +37,25 @@ def test_mistyped_value_is_refused():
     (["--dtype=float8"], "must be one of"),
     (["--init_from=somewhere"], "must be one of"),
     (["--warmup_iters=100", "--lr_decay_iters=50"], "lr_decay_iters"),
+    (["--optimizer=sgd"], "--optimizer='sgd' must be one of: adamw, muon"),
+    (["--muon_lr=0"], "--muon_lr=0.0 must be positive"),
+    (["--muon_momentum=1"], "--muon_momentum=1.0 must be in"),
+    (["--muon_momentum=-0.1"], "--muon_momentum=-0.1 must be in"),
+    (["--muon_weight_decay=-1"], "--muon_weight_decay=-1.0 must not be negative"),
 ])
 def test_impossible_settings_are_refused(flags, message):
     with pytest.raises(UserError, match=message):
         config.parse_args(flags)
+
+
+def test_muon_knobs_are_typed_and_the_optimizer_name_is_case_insensitive():
+    cfg = config.parse_args(["--optimizer=Muon", "--muon_lr=0.05", "--muon_momentum", "0.9", "--muon_weight_decay=0"])
+    assert cfg.optimizer == "muon"
+    assert (cfg.muon_lr, cfg.muon_momentum, cfg.muon_weight_decay) == (0.05, 0.9, 0.0)
+    assert all(isinstance(v, float) for v in (cfg.muon_lr, cfg.muon_momentum, cfg.muon_weight_decay))
+    assert config.parse_args([]).optimizer == "adamw"  # today's recipe stays the default
+    with pytest.raises(UserError, match="'fast' is not a valid float"):
+        config.parse_args(["--muon_lr=fast"])
 
 
 def test_every_knob_has_a_comment_in_config_py():

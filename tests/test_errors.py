@@ -135,6 +135,20 @@ def test_checkpoint_of_another_architecture(trained_run, tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_resuming_with_the_other_optimizer_is_refused(trained_run, tiny_data, tmp_path):
+    adamw_run = copy_of(trained_run, tmp_path)
+    ckpt_before = (adamw_run / "ckpt.pt").read_bytes()
+    assert_clean_error(train_with(tiny_data, adamw_run, "--init_from=resume", "--optimizer=muon", "--max_iters=3"),
+                       "trained with --optimizer=adamw, not --optimizer=muon", "resume with --optimizer=adamw",
+                       "another --out_dir")
+    assert (adamw_run / "ckpt.pt").read_bytes() == ckpt_before
+    muon_run = tmp_path / "muon"
+    assert train_with(tiny_data, muon_run, "--optimizer=muon").returncode == 0
+    assert_clean_error(train_with(tiny_data, muon_run, "--init_from=resume", "--max_iters=3"),
+                       "trained with --optimizer=muon, not --optimizer=adamw", "resume with --optimizer=muon")
+
+
+@pytest.mark.slow
 def test_sample_without_a_run(tmp_path):
     assert_clean_error(run_script("sample.py", "--out_dir", tmp_path / "nothing"), "does not exist", "train")
 

@@ -11,7 +11,7 @@ from conftest import ROOT, run_script
 PRESETS = os.path.join(ROOT, "presets")
 
 
-@pytest.mark.parametrize("name", ["seed.py", "gpu.py", "cpu_tiny.py"])
+@pytest.mark.parametrize("name", ["seed.py", "gpu.py", "gpu_muon.py", "cpu_tiny.py"])
 def test_each_preset_parses_and_sets_only_real_knobs(name):
     cfg = config.parse_args([os.path.join(PRESETS, name)])
     assert vars(cfg) != config.defaults()
@@ -30,6 +30,13 @@ def test_seed_and_gpu_presets_train_the_seed_model_on_the_seed_batch():
         assert tokens_per_step(cfg) == 32 * 128 * 32
     assert seed.max_iters * seed.gradient_accumulation_steps == 20000  # the seed's 20000 micro-batches
     assert (gpu.batch_size, gpu.dtype, gpu.compile) == (256, "bfloat16", "true")
+
+
+def test_gpu_muon_preset_is_the_gpu_recipe_with_muon():
+    gpu = vars(config.parse_args([os.path.join(PRESETS, "gpu.py")]))
+    muon = vars(config.parse_args([os.path.join(PRESETS, "gpu_muon.py")]))
+    assert {name for name in gpu if gpu[name] != muon[name]} == {"optimizer"}  # Muon's knobs at their defaults
+    assert (muon["optimizer"], muon["muon_lr"], muon["muon_momentum"]) == ("muon", 0.02, 0.95)
 
 
 def test_later_flags_win_in_the_order_given():

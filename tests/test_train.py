@@ -1,4 +1,7 @@
-"""train.py: the learning-rate schedule, exact resume, crash-safe checkpoints, signals, the NaN guard."""
+"""train.py: the learning-rate schedule, the optimizers (AdamW, or Muon + AdamW), exact resume,
+crash-safe checkpoints, signals, the NaN guard."""
+import contextlib
+import functools
 import os
 import random
 import signal
@@ -10,9 +13,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import ROOT, TINY_RUN, assert_clean_error, run_script
+import checkpoint
+import config
 from checkpoint import load_checkpoint
-from train import get_lr
+from common import UserError
+from conftest import ROOT, TINY_RUN, assert_clean_error, run_script
+from model import GPT, GPTConfig
+from train import get_lr, make_optimizers, resume, rng_state, set_learning_rates, train_step, training_batch
 
 
 def train(tiny_data, out_dir, *flags):
@@ -29,6 +36,95 @@ def test_lr_schedule_warms_up_peaks_and_decays_to_min_lr():
     assert get_lr(500, cfg) == pytest.approx(1e-4)
     lrs = [get_lr(s, cfg) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # decays, never rises
+
+
+def test_every_optimizer_follows_the_same_schedule_and_adamw_gets_get_lr_exactly():
+    cfg = config.parse_args(["--optimizer=muon", "--learning_rate=3e-3", "--min_lr=3e-4", "--muon_lr=0.05",
+                             "--warmup_iters=10", "--lr_decay_iters=110"])
+    optimizers = make_optimizers(tiny_model(), cfg, "cpu")
+    for step in (0, 4, 10, 37, 60, 110, 500):
+        lr = set_learning_rates(optimizers, step, cfg)
+        assert lr == get_lr(step, cfg)
+        assert all(group["lr"] == lr for group in optimizers["adamw"].param_groups)  # bit for bit
+        assert all(group["lr"] == pytest.approx(0.05 * lr / 3e-3) for group in optimizers["muon"].param_groups)
+
+
+def tiny_model(bias=True):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=bias))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_muon_and_adamw_share_the_parameters_each_exactly_once(bias):
+    model = tiny_model(bias)
+    optimizers = make_optimizers(model, config.parse_args(["--optimizer=muon"]), "cpu")
+    assert list(optimizers) == ["muon", "adamw"]
+    owner = {}
+    for name, optimizer in optimizers.items():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                assert id(p) not in owner, f"a parameter in both {owner[id(p)]} and {name}"
+                owner[id(p)] = name
+    named = dict(model.named_parameters())  # the tied LM head / token embedding appears once
+    assert set(owner) == {id(p) for p in named.values()}  # none left out
+    muon = sorted(n for n, p in named.items() if owner[id(p)] == "muon")
+    assert muon == sorted(f"transformer.h.{i}.{m}.weight" for i in range(2)
+                          for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    assert owner[id(model.lm_head.weight)] == owner[id(model.transformer.wpe.weight)] == "adamw"
+    decayed, plain = optimizers["adamw"].param_groups  # AdamW's groups as today: decay on matrices only
+    assert {p.dim() for p in decayed["params"]} == {2} and decayed["weight_decay"] == 0.1
+    assert {p.dim() for p in plain["params"]} == {1} and plain["weight_decay"] == 0.0
+    only_adamw = make_optimizers(model, config.parse_args([]), "cpu")
+    assert list(only_adamw) == ["adamw"]
+    assert sum(len(g["params"]) for g in only_adamw["adamw"].param_groups) == len(named)
+
+
+def test_muon_on_a_torch_without_it_is_a_clean_error(monkeypatch):
+    monkeypatch.delattr(torch.optim, "Muon")
+    with pytest.raises(UserError, match="--optimizer=muon needs torch.optim.Muon, new in PyTorch 2.9"):
+        make_optimizers(tiny_model(), config.parse_args(["--optimizer=muon"]), "cpu")
+
+
+def test_muon_trains_a_tiny_model_with_accumulation_and_clipping(tiny_data):
+    cfg = config.parse_args([f"--data_dir={tiny_data}", "--optimizer=muon", "--block_size=32", "--batch_size=4",
+                             "--learning_rate=1e-2", "--min_lr=1e-3", "--warmup_iters=2", "--lr_decay_iters=15",
+                             "--max_iters=15"])
+    model = tiny_model()
+    hidden_before = [p.detach().clone() for p in model.hidden_matrices()]
+    optimizers = make_optimizers(model, cfg, "cpu")
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    losses = []
+    for step in range(cfg.max_iters):
+        set_learning_rates(optimizers, step, cfg)
+        next_batch = functools.partial(training_batch, cfg, "cpu", step, 0)
+        loss = train_step(model, optimizers, scaler, next_batch, 2, contextlib.nullcontext(), grad_clip=1.0)
+        losses.append(loss.item())
+    assert sum(losses[-3:]) / 3 < losses[0] - 2.0, losses
+    assert all(not torch.equal(p, before) for p, before in zip(model.hidden_matrices(), hidden_before))
+    assert all("momentum_buffer" in optimizers["muon"].state[p] for p in model.hidden_matrices())
+
+
+def test_a_checkpoint_from_before_muon_resumes_as_adamw(tiny_data, tmp_path):
+    # such a checkpoint holds the AdamW's state alone under "optimizer", and no optimizer in its config
+    cfg = config.parse_args([f"--data_dir={tiny_data}", "--block_size=32"])
+    model = tiny_model()
+    optimizers = make_optimizers(model, cfg, "cpu")
+    next_batch = functools.partial(training_batch, cfg, "cpu", 0, 0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    train_step(model, optimizers, scaler, next_batch, 1, contextlib.nullcontext(), grad_clip=1.0)
+    old_config = {k: v for k, v in vars(cfg).items() if not k.startswith(("optimizer", "muon_"))}
+    model_args = dict(vocab_size=50257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+    checkpoint.save({"model": model.state_dict(), "optimizer": optimizers["adamw"].state_dict(),
+                     "scaler": scaler.state_dict(), "model_args": model_args, "config": old_config, "step": 1,
+                     "best_val_loss": 9.0, "rng": [rng_state()]}, str(tmp_path / "ckpt.pt"))
+    resumed = make_optimizers(tiny_model(), cfg, "cpu")
+    step, _, wandb_run_id = resume(str(tmp_path / "ckpt.pt"), tiny_model(), resumed, "adamw", scaler, model_args,
+                                   0, 1, lambda *args: None)
+    assert (step, wandb_run_id) == (1, None)
+    assert str(resumed["adamw"].state_dict()) == str(optimizers["adamw"].state_dict())
+    with pytest.raises(UserError, match="trained with --optimizer=adamw, not --optimizer=muon"):
+        resume(str(tmp_path / "ckpt.pt"), tiny_model(), make_optimizers(tiny_model(), cfg, "cpu"), "muon", scaler,
+               model_args, 0, 1, lambda *args: None)
 
 
 @pytest.mark.slow
@@ -48,8 +144,10 @@ def test_run_writes_checkpoints_metrics_and_plot(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):
-    flags = ["--max_iters=6", "--eval_interval=3", "--dropout=0.1"]  # dropout: its random state must resume too
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path, optimizer):
+    # dropout: its random state must resume too; with Muon, its momentum buffers and AdamW's moments
+    flags = ["--max_iters=6", "--eval_interval=3", "--dropout=0.1", f"--optimizer={optimizer}"]
     straight = train(tiny_data, tmp_path / "straight", *flags)
     assert straight.returncode == 0, straight.stderr
     first = train(tiny_data, tmp_path / "split", "--max_iters=3", *flags[1:])
@@ -62,6 +160,12 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):
     assert a["step"] == b["step"] == 6
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+    names = ["adamw", "muon"] if optimizer == "muon" else ["adamw"]
+    assert sorted(a["optimizer"]) == sorted(b["optimizer"]) == names
+    for name, state in a["optimizer"].items():  # both optimizers' states are in ckpt.pt, and equal
+        for index, tensors in state["state"].items():
+            for key, tensor in tensors.items():
+                assert torch.equal(tensor, b["optimizer"][name]["state"][index][key]), (name, index, key)
     strip_time = lambda text: [line.rsplit(",", 1)[0] for line in text.splitlines()]  # noqa: E731
     assert strip_time((tmp_path / "straight/metrics.csv").read_text()) == \
         strip_time((tmp_path / "split/metrics.csv").read_text())
@@ -124,11 +228,13 @@ def test_kill_9_at_random_moments_never_leaves_an_unloadable_checkpoint(tiny_dat
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_without_touching_the_best_weights(tiny_data, tmp_path):
-    assert train(tiny_data, tmp_path, "--max_iters=2", "--eval_interval=1").returncode == 0
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_nan_loss_stops_without_touching_the_best_weights(tiny_data, tmp_path, optimizer):
+    assert train(tiny_data, tmp_path, "--max_iters=2", "--eval_interval=1", f"--optimizer={optimizer}").returncode == 0
     best_before = (tmp_path / "best_model_params.pt").read_bytes()
     blown_up = train(tiny_data, tmp_path, "--init_from=resume", "--max_iters=30", "--eval_interval=1",
-                     "--learning_rate=1e30", "--min_lr=0", "--warmup_iters=0", "--grad_clip=0")
+                     "--learning_rate=1e30", "--min_lr=0", "--warmup_iters=0", "--grad_clip=0",
+                     f"--optimizer={optimizer}", "--muon_lr=1e30")
     assert_clean_error(blown_up, "training loss became")
     assert (tmp_path / "best_model_params.pt").read_bytes() == best_before
     state = load_checkpoint(str(tmp_path / "ckpt.pt"))

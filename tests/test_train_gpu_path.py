@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+import config
 import train
 from checkpoint import load_checkpoint
 from conftest import TINY_RUN, run_script
@@ -66,28 +67,41 @@ def test_bf16_autocast_with_compile_trains_like_float32_and_samples(tiny_data, t
     assert sampled.stdout.startswith("Once upon a time")
 
 
+@pytest.mark.slow
+def test_muon_with_bf16_autocast_and_compile_trains(tiny_data, tmp_path):
+    bf16 = run_script("train.py", *TINY_RUN, f"--data_dir={tiny_data}", "--max_iters=8", "--eval_interval=8",
+                      "--dropout=0", *FAST_LEARNING, "--optimizer=muon", f"--out_dir={tmp_path}", "--dtype=bfloat16",
+                      "--compile=true", timeout=600)
+    assert bf16.returncode == 0, bf16.stderr
+    assert "bfloat16, compile True" in bf16.stdout and "optimizer muon" in bf16.stdout
+    losses = eval_losses(bf16.stdout)
+    assert losses[8] < losses[0] - 0.5, losses
+
+
 # ----------------------------------------------------------------------------- float16 + GradScaler
 
-def one_step(model, optimizer, scaler, tiny_data):
+def one_step(model, optimizers, scaler, tiny_data):
     batch = lambda micro_step: get_batch(str(tiny_data), "train", 4, 32, batch_rng(0, 0, micro_step), "cpu")  # noqa: E731
     autocast = torch.autocast("cpu", dtype=torch.float16)
-    return train.train_step(model, optimizer, scaler, batch, 2, autocast, grad_clip=1.0)
+    return train.train_step(model, optimizers, scaler, batch, 2, autocast, grad_clip=1.0)
 
 
-def test_float16_step_whose_gradients_overflow_is_skipped_and_the_scale_lowered(tiny_data):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_float16_step_whose_gradients_overflow_is_skipped_and_the_scale_lowered(tiny_data, optimizer):
     model = tiny_model(dropout=0.0)
-    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    optimizers = train.make_optimizers(model, config.parse_args([f"--optimizer={optimizer}"]), "cpu")
     # 2**100 times the loss: its gradient overflows float16 (largest finite value 65504)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    loss = one_step(model, optimizer, scaler, tiny_data)
+    loss = one_step(model, optimizers, scaler, tiny_data)
     assert torch.isfinite(loss)
-    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # skipped
-    assert scaler.get_scale() == 2.0 ** 99  # lowered (backoff factor 0.5)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # skipped, by every optimizer
+    assert scaler.get_scale() == 2.0 ** 99  # lowered (backoff factor 0.5), once for the step
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)  # a scale whose gradients fit
-    one_step(model, optimizer, scaler, tiny_data)
+    one_step(model, optimizers, scaler, tiny_data)
     assert scaler.get_scale() == 2.0 ** 8
-    assert not all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # updated
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == set(before)  # every parameter updated, by Muon or AdamW
 
 
 @pytest.mark.slow

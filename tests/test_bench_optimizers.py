@@ -1,0 +1,28 @@
+"""bench_optimizers.py: the AdamW / Muon comparison runs end to end and records its verdicts
+(on a small text here; the real measurement reads tinyshakespeare.txt, which tests never do)."""
+import pytest
+
+from conftest import assert_clean_error, make_stories, run_script
+
+
+@pytest.mark.slow
+def test_the_comparison_runs_on_a_small_text_and_appends_its_rows(tmp_path):
+    text = tmp_path / "stories.txt"
+    text.write_text("\n\n".join(make_stories(200)), encoding="utf-8")
+    output = tmp_path / "BENCHMARKS.md"
+    result = run_script("bench_optimizers.py", "--text", text, "--steps=4", "--warmup=1", "--eval_every=2",
+                        "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
+                        "--adamw_lrs=1e-3,3e-3", "--muon_lrs=0.02", "--output", output)
+    assert result.returncode == 0, result.stderr
+    record = output.read_text()
+    assert record.strip() in result.stdout and f"appended to {output}" in result.stdout
+    for row in ("| AdamW lr 0.001, 4 steps |", "| AdamW lr 0.003, 4 steps", "| Muon lr 0.02, 4 steps (best) |",
+                "val loss @2 | val loss @4 |", "best Muon with a 3-step schedule", "best AdamW with a 6-step schedule",
+                "steps Muon needs to reach AdamW's", "steps AdamW needs to reach Muon's",
+                "wall-clock per step, best Muon / best AdamW"):
+        assert row in record, row
+
+
+@pytest.mark.slow
+def test_a_missing_text_is_a_clean_error(tmp_path):
+    assert_clean_error(run_script("bench_optimizers.py", "--text", tmp_path / "nothing.txt"), "does not exist")
