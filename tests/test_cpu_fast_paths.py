@@ -6,20 +6,23 @@ import torch
 from torch.nn import functional as F
 
 import cpu_fast_paths
-from cpu_fast_paths import LinearCrossEntropy, cheap_dropout, few_rows_linear, linear_cross_entropy
+from cpu_fast_paths import LinearCrossEntropy, PackedLinear, cheap_dropout, few_rows_linear, linear_cross_entropy
 from model import GPT, GPTConfig
 
 CONFIG = dict(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
 
 
-def plain_and_fast(seed=0, **overrides):
-    """Two models with the same weights: model.py's plain GPT, and one with the fast paths on."""
+def plain_and_fast(seed=0, dtype=torch.float32, **overrides):
+    """Two models with the same weights in dtype: model.py's plain GPT, and one with the fast paths on."""
     models = []
     for _ in range(2):
         torch.manual_seed(seed)
-        models.append(GPT(GPTConfig(**{**CONFIG, **overrides})).eval())
-    assert cpu_fast_paths.enable(models[1], "cpu")
+        models.append(GPT(GPTConfig(**{**CONFIG, **overrides})).eval().to(dtype))
+    assert cpu_fast_paths.enable(models[1], "cpu", dtype)
     return models
+
+
+needs_bf16 = pytest.mark.skipif(not cpu_fast_paths.fast_bf16(), reason="this CPU has no bf16 instructions")
 
 
 def plain_loss(h, weight, targets):
@@ -40,13 +43,16 @@ def test_enable_swaps_the_pieces_and_keeps_the_parameters():
     assert all(torch.equal(plain_state[k], fast_state[k]) for k in plain_state)
 
 
-@pytest.mark.parametrize("device, dtype, compiled", [
-    ("cuda", torch.float32, False), ("mps", torch.float32, False), ("cpu", torch.bfloat16, False),
-    ("cpu", torch.float16, False), ("cpu", torch.float32, True),
+@pytest.mark.parametrize("weights, device, dtype, compiled", [
+    (torch.float32, "cuda", torch.float32, False), (torch.float32, "mps", torch.float32, False),
+    (torch.float32, "cpu", torch.bfloat16, False),  # bf16 autocast over float32 weights (train.py)
+    (torch.float32, "cpu", torch.float16, False), (torch.float32, "cpu", torch.float32, True),
+    (torch.bfloat16, "cuda", torch.bfloat16, False), (torch.bfloat16, "cpu", torch.bfloat16, True),
+    (torch.float16, "cpu", torch.float16, False),
 ])
-def test_enable_leaves_the_plain_model_where_it_is_the_fast_one(device, dtype, compiled):
+def test_enable_leaves_the_plain_model_where_it_is_the_fast_one(weights, device, dtype, compiled):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**CONFIG))
+    model = GPT(GPTConfig(**CONFIG)).to(weights)
     assert cpu_fast_paths.enable(model, device, dtype, compiled) is False
     assert type(model) is GPT and all(type(m).__module__ != "cpu_fast_paths" for m in model.modules())
 
@@ -158,4 +164,62 @@ def test_greedy_tokens_equal_the_plain_model(kv_cache):
     assert type(fast.transformer.h[0].mlp.c_fc) is cpu_fast_paths.FewRowsLinear
     idx = torch.randint(0, 50257, (2, 5), generator=torch.Generator().manual_seed(5))
     expected = plain.generate(idx, 40, temperature=0, kv_cache=kv_cache)  # crosses block_size: the window jumps
+    assert torch.equal(fast.generate(idx, 40, temperature=0, kv_cache=kv_cache), expected)
+
+
+# ----------------------------------------------------------------------------- prepacked bf16 Linear
+
+@needs_bf16
+def test_enable_with_bf16_weights_packs_every_linear_and_keeps_the_parameters():
+    plain, fast = plain_and_fast(dtype=torch.bfloat16)
+    linears = [m for m in fast.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is PackedLinear for m in linears)
+    assert type(fast) is GPT and type(fast.transformer.drop) is torch.nn.Dropout  # the float32 paths stay off
+    assert fast.lm_head.weight is fast.transformer.wte.weight
+    plain_state, fast_state = plain.state_dict(), fast.state_dict()
+    assert plain_state.keys() == fast_state.keys()
+    assert all(torch.equal(plain_state[k], fast_state[k]) for k in plain_state)
+
+
+@needs_bf16
+@pytest.mark.parametrize("rows", [1, 8, 128])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_equals_f_linear_in_bf16(rows, bias):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(384, 1536, bias=bias).to(torch.bfloat16)
+    x = torch.randn(2, rows, 384, dtype=torch.bfloat16)
+    expected = F.linear(x, linear.weight, linear.bias)
+    linear.__class__ = PackedLinear
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x), expected, rtol=0, atol=0)  # the same oneDNN arithmetic
+        torch.testing.assert_close(linear(x[:, -1]), expected[:, -1], rtol=0, atol=0)  # a strided view
+
+
+@needs_bf16
+def test_packed_linear_repacks_when_the_weight_changes():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    linear.__class__ = PackedLinear
+    x = torch.randn(1, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear(x)
+        linear.load_state_dict({"weight": torch.randn(32, 64), "bias": torch.randn(32)})
+        torch.testing.assert_close(linear(x), F.linear(x, linear.weight, linear.bias), rtol=0, atol=0)
+
+
+@needs_bf16
+def test_packed_linear_with_gradients_is_the_plain_linear():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    linear.__class__ = PackedLinear
+    linear(torch.randn(3, 64, dtype=torch.bfloat16)).sum().backward()
+    assert linear.weight.grad is not None and "_packed" not in linear.__dict__
+
+
+@needs_bf16
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_bf16_greedy_tokens_equal_the_plain_bf16_model(kv_cache):
+    plain, fast = plain_and_fast(dtype=torch.bfloat16, vocab_size=50257, n_embd=384, n_head=6, block_size=32)
+    idx = torch.randint(0, 50257, (2, 5), generator=torch.Generator().manual_seed(5))
+    expected = plain.generate(idx, 40, temperature=0, kv_cache=kv_cache)
     assert torch.equal(fast.generate(idx, 40, temperature=0, kv_cache=kv_cache), expected)
