@@ -19,12 +19,16 @@ In float32 (training, evaluation, sampling with --dtype=float32) there are four:
   torch.bmm that spreads the reading over all threads.
 
 With bfloat16 weights (sample.py --dtype=bfloat16, the default on CPUs with bf16 instructions)
-there is one:
+there are two:
 
 - PackedLinear: a Linear whose weight oneDNN has reordered once into its own blocked layout.
   Generating a token reads every weight once for little arithmetic; with the plain layout the
   bf16 kernels convert and shuffle on every call and fall far short of the memory bandwidth, the
   prepacked weight streams at close to it. Same oneDNN arithmetic, so the same results as F.linear.
+- Float32Attention (with Float32CacheGPT): attention, and the KV cache, in float32. SDPA's CPU
+  kernel is several times slower in bf16 than in float32 for the one query of a generated token,
+  most of all in a batch of stories; the cache is small next to the weights, so its doubled size
+  costs little. The bf16 keys and values convert exactly, so this only rounds less.
 
 BENCHMARKS.md has what they are worth. train.py, sample.py, eval.py and bench.py call enable()
 right after building the model; it does nothing unless the model runs eagerly on a CPU, in
@@ -36,7 +40,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from model import GPT, CausalSelfAttention
+from model import GPT, CausalSelfAttention, KVCache
 
 LOSS_CHUNK_ROWS = 1024  # rows of logits alive at once in the fused loss (1024 x 50257 fp32 = 200 MB)
 
@@ -45,15 +49,15 @@ def enable(model, device, dtype=torch.float32, compiled=False):
     """Swap the fast paths into `model` when it runs eagerly on a CPU; True if it did.
 
     dtype is what the model computes in: float32, an autocast dtype (train.py), or the dtype its
-    weights were cast to (sample.py). Float32 gets the four float32 paths; bfloat16 weights get
-    PackedLinear where oneDNN runs bf16 matmuls. Elsewhere the plain model is the fast one: on a
+    weights were cast to (sample.py). Float32 gets the four float32 paths; bfloat16 weights get the
+    two bf16 paths where oneDNN runs bf16 matmuls. Elsewhere the plain model is the fast one: on a
     GPU, or under autocast or torch.compile, the fused kernels do what these paths do by hand.
     """
     weights = next(model.parameters()).dtype
     if str(device).split(":")[0] != "cpu" or compiled or dtype != weights:
         return False
     if weights == torch.bfloat16:
-        return enable_packed_linears(model)
+        return enable_bf16(model)
     if weights != torch.float32:
         return False
     for module in model.modules():
@@ -198,7 +202,7 @@ class FewRowsLinear(nn.Linear):
         return super().forward(x)
 
 
-# ----------------------------------------------------------------------------- prepacked bf16 Linear
+# ----------------------------------------------------------------------------- bf16 weights
 
 def fast_bf16():
     """True where this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX) and oneDNN can use it.
@@ -209,13 +213,18 @@ def fast_bf16():
             and bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16")))
 
 
-def enable_packed_linears(model):
-    """Turn every bf16 Linear of `model` into a PackedLinear; True if oneDNN can run them."""
+def enable_bf16(model):
+    """Swap the bf16 paths into `model`: PackedLinear, Float32Attention, Float32CacheGPT;
+    True if oneDNN can run them."""
     if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return False
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.weight.dtype == torch.bfloat16:
             module.__class__ = PackedLinear
+        elif isinstance(module, CausalSelfAttention):
+            module.__class__ = Float32Attention
+    if isinstance(model, GPT):
+        model.__class__ = Float32CacheGPT
     return True
 
 
@@ -234,3 +243,17 @@ class PackedLinear(nn.Linear):
         if cached is None or cached[0] != key:
             cached = self.__dict__["_packed"] = (key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1))
         return cached[1]
+
+
+class Float32Attention(CausalSelfAttention):
+    """Attention computed in float32 from bf16 queries, keys and values; the result in bf16 again."""
+
+    def attend(self, q, k, v):
+        return super().attend(q.float(), k.float(), v.float()).to(q.dtype)
+
+
+class Float32CacheGPT(GPT):
+    """GPT whose KV cache is float32 whatever its weights: the attention reads it as it is."""
+
+    def make_kv_cache(self, batch_size, device):
+        return KVCache(self.config, batch_size, device, torch.float32)

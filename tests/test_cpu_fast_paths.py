@@ -167,14 +167,16 @@ def test_greedy_tokens_equal_the_plain_model(kv_cache):
     assert torch.equal(fast.generate(idx, 40, temperature=0, kv_cache=kv_cache), expected)
 
 
-# ----------------------------------------------------------------------------- prepacked bf16 Linear
+# ----------------------------------------------------------------------------- bf16 weights
 
 @needs_bf16
-def test_enable_with_bf16_weights_packs_every_linear_and_keeps_the_parameters():
+def test_enable_with_bf16_weights_swaps_the_pieces_and_keeps_the_parameters():
     plain, fast = plain_and_fast(dtype=torch.bfloat16)
     linears = [m for m in fast.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(type(m) is PackedLinear for m in linears)
-    assert type(fast) is GPT and type(fast.transformer.drop) is torch.nn.Dropout  # the float32 paths stay off
+    assert type(fast) is cpu_fast_paths.Float32CacheGPT
+    assert type(fast.transformer.h[0].attn) is cpu_fast_paths.Float32Attention
+    assert type(fast.transformer.drop) is torch.nn.Dropout  # the float32 paths stay off
     assert fast.lm_head.weight is fast.transformer.wte.weight
     plain_state, fast_state = plain.state_dict(), fast.state_dict()
     assert plain_state.keys() == fast_state.keys()
@@ -216,10 +218,33 @@ def test_packed_linear_with_gradients_is_the_plain_linear():
     assert linear.weight.grad is not None and "_packed" not in linear.__dict__
 
 
+def test_float32_attention_is_sdpa_on_the_inputs_in_float32():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(8, 6, n, 64, dtype=torch.bfloat16) for n in (1, 100, 100))
+    attention = cpu_fast_paths.Float32Attention(GPTConfig(**{**CONFIG, "n_embd": 384, "n_head": 6})).eval()
+    out = attention.attend(q, k, v)
+    assert out.dtype == torch.bfloat16
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(torch.bfloat16)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 @needs_bf16
-@pytest.mark.parametrize("kv_cache", [True, False])
-def test_bf16_greedy_tokens_equal_the_plain_bf16_model(kv_cache):
-    plain, fast = plain_and_fast(dtype=torch.bfloat16, vocab_size=50257, n_embd=384, n_head=6, block_size=32)
-    idx = torch.randint(0, 50257, (2, 5), generator=torch.Generator().manual_seed(5))
-    expected = plain.generate(idx, 40, temperature=0, kv_cache=kv_cache)
-    assert torch.equal(fast.generate(idx, 40, temperature=0, kv_cache=kv_cache), expected)
+def test_with_bf16_weights_the_kv_cache_is_float32_and_logits_match_the_plain_bf16_model():
+    # every position of a cached generation, against the plain model in float32 with the same
+    # (bf16-rounded) weights: the fast paths stay as close to it as the plain model in bf16 does
+    widths = dict(vocab_size=50257, n_embd=384, n_head=6)
+    plain, fast = plain_and_fast(dtype=torch.bfloat16, **widths)
+    plain_fp32 = plain_and_fast(**widths)[0]
+    with torch.no_grad():
+        for p in plain_fp32.parameters():  # the same (bf16-rounded) weights, in float32
+            p.copy_(p.to(torch.bfloat16))
+    idx = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(6))
+    cache = fast.make_kv_cache(2, torch.device("cpu"))
+    assert cache.k.dtype == torch.float32
+    with torch.no_grad():
+        fast_logits = torch.cat([fast.lm_head(fast.hidden_states(idx[:, :10], cache))] +
+                                [fast.lm_head(fast.hidden_states(idx[:, t:t + 1], cache)) for t in range(10, 32)], dim=1)
+        plain_logits, reference = plain(idx)[0].float(), plain_fp32(idx)[0]
+    fast_error = (fast_logits.float() - reference).abs().max()
+    plain_error = (plain_logits - reference).abs().max()
+    assert fast_error <= plain_error * 1.5, (fast_error, plain_error)
