@@ -30,8 +30,8 @@ def parse_args(argv):
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--prompt", help=f"text the story starts with (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--interactive", action="store_true",
-                        help="load the model once, then read prompts from standard input, one per line, until "
-                             "an empty line, end of input or Ctrl-C")
+                        help="load the model once, then read prompts from standard input, one per line, and "
+                             "stream a story for each, until an empty line, end of input or Ctrl-C")
     parser.add_argument("--out_dir", default="out", help="the training run's folder")
     parser.add_argument("--checkpoint", help="weights to load (default: OUT_DIR/best_model_params.pt)")
     parser.add_argument("--num_samples", type=int, default=1, help="how many stories to write (as one batch)")
@@ -46,8 +46,8 @@ def parse_args(argv):
                              "without bf16) and on CPUs with bf16 instructions, float32 elsewhere")
     parser.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context for every token")
     parser.add_argument("--stream", action="store_true",
-                        help="print as the stories are written: token by token for one story; for several, "
-                             "each story as soon as it and the ones before it are finished")
+                        help="print as the stories are written (always with --interactive): token by token for "
+                             "one story; for several, each story as soon as it and the ones before it are finished")
     parser.add_argument("--ignore_eot", action="store_true", help="keep going past the end-of-story token")
     args = parser.parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 1:
@@ -164,7 +164,7 @@ def write_stories(model, enc, prompt, args):
     if len(prompt_ids) > model.config.block_size:
         raise UserError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of "
                         f"{model.config.block_size}; shorten it")
-    printer = StoryPrinter(enc, prompt, args.num_samples, args.stream)
+    printer = StoryPrinter(enc, prompt, args.num_samples, args.stream or args.interactive)
     started = time.time()
     stories = generate_stories(model, prompt_ids, args.num_samples, args.max_new_tokens, args.temperature,
                                args.top_k or None, args.top_p, kv_cache=not args.no_kv_cache,

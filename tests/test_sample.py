@@ -11,6 +11,7 @@ import torch
 
 import cpu_fast_paths
 import sample
+from bench import learn_a_cycle
 from common import UserError
 from conftest import ROOT, TINY_RUN, run_script
 from model import GPT, GPTConfig
@@ -24,20 +25,8 @@ def cycle_model():
     """A tiny GPT trained in-process until it continues a repeating sequence of 23 distinct tokens:
     its greedy continuation is meaningful, with clear margins between the likeliest tokens."""
     torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(0)
     model = GPT(GPTConfig(**CYCLE_CONFIG))
-    cycle = torch.randperm(CYCLE_CONFIG["vocab_size"], generator=generator)[:23]
-    sequence = cycle.repeat(30)
-    optimizer = model.configure_optimizer(0.0, 3e-3, (0.9, 0.95), "cpu")
-    for _ in range(40):
-        starts = torch.randint(0, len(sequence) - 33, (16,), generator=generator).tolist()
-        x = torch.stack([sequence[s:s + 32] for s in starts])
-        y = torch.stack([sequence[s + 1:s + 33] for s in starts])
-        _, loss = model(x, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    sequence = learn_a_cycle(model, steps=40, window=32, batch_size=16, learning_rate=3e-3)
     assert torch.equal(model.generate(sequence[None, 5:9], 60, temperature=0)[0], sequence[5:69])  # it learned
     return model, sequence
 
@@ -181,7 +170,7 @@ def interactive(story_run, *flags, stdin=subprocess.PIPE):
 
 @pytest.mark.slow
 def test_interactive_writes_a_story_for_each_line_until_an_empty_one(story_run):
-    process = interactive(story_run, "--stream")
+    process = interactive(story_run)
     stdout, stderr = process.communicate("Tom found a dog\nLily went to the park\n\nnever read\n", timeout=120)
     assert process.returncode == 0, stderr
     lines = stdout.splitlines()
