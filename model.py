@@ -240,8 +240,8 @@ def window_start(length, block_size):
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     """Pick one token id per row of logits (B, vocab): (B, 1)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
+    if temperature == 0:  # greedy: the index of the first largest logit (max's kernel is the faster one for bf16)
+        return logits.max(dim=-1, keepdim=True).indices
     ids = None
     if top_k is not None and top_k < logits.size(-1):
         logits, ids = torch.topk(logits, top_k)  # sorted; the other tokens have probability 0
