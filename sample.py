@@ -8,8 +8,8 @@ Loads the best weights of a run (out_dir/best_model_params.pt, with the architec
 config.json beside it) or any checkpoint given with --checkpoint.
 
 --num_samples N writes the N stories as one batch: every step computes a token for each of them
-at once, which on a CPU costs little more than one story (the weights are read once per step
-either way). Each story ends at its own end-of-text token; the batch ends when all have.
+at once, far cheaper than writing them one after another (the weights are read once per step for
+all of them). Each story ends at its own end-of-text token; the batch ends when all have.
 """
 import os
 import sys
