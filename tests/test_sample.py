@@ -223,3 +223,20 @@ def test_interactive_reports_a_prompt_that_is_too_long_and_goes_on(story_run):
     assert process.returncode == 0, stderr
     assert "error: the prompt is" in stderr and "Traceback" not in stderr
     assert stdout.startswith("Tom found a dog")
+
+
+@pytest.mark.slow
+def test_interactive_shows_a_prompt_sign_only_on_a_terminal(story_run):
+    user_side, script_side = os.openpty()  # a terminal: the script reads its stdin from script_side
+    process = interactive(story_run, stdin=script_side)
+    os.write(user_side, b"Tom found a dog\n\n")  # typed: a prompt, then an empty line
+    stdout, stderr = process.communicate(timeout=120)
+    os.close(user_side)
+    os.close(script_side)
+    assert process.returncode == 0, stderr
+    assert stdout.startswith("> Tom found a dog") and stdout.rstrip().endswith(">")
+
+
+def test_interactive_with_a_prompt_flag_is_refused():
+    with pytest.raises(UserError, match="leave out --prompt"):
+        sample.parse_args(["--interactive", "--prompt", "Once"])
