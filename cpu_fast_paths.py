@@ -1,9 +1,10 @@
-"""Faster CPU versions of four pieces of model.py, with the same results.
+"""Faster CPU versions of pieces of model.py, with the same results.
 
 model.py is the plain GPT, written for reading and for the GPU, where torch.compile and bf16
-autocast's fused kernels already do this work. A CPU running the model eagerly in float32 gains
-from four replacements, which enable() swaps into a built model in place (same parameters, same
-state_dict, same results up to float rounding; tests/test_cpu_fast_paths.py is their spec):
+autocast's fused kernels already do this work. A CPU running the model eagerly gains from a few
+replacements, which enable() swaps into a built model in place (same parameters, same
+state_dict, same results up to float rounding; tests/test_cpu_fast_paths.py is their spec).
+In float32 (training, evaluation, sampling with --dtype=float32) there are four:
 
 - FusedLossGPT: the LM head and cross-entropy of a training step, a chunk of rows at a time,
   with the gradients made in the same pass. The plain path holds all (B*T) x vocab logits, their
@@ -17,8 +18,22 @@ state_dict, same results up to float rounding; tests/test_cpu_fast_paths.py is t
   reads the whole weight for little arithmetic; cut into blocks of rows, the weight becomes one
   torch.bmm that spreads the reading over all threads.
 
+With bfloat16 weights (sample.py --dtype=bfloat16, the default on CPUs with bf16 instructions)
+there are two:
+
+- PackedLinear: a Linear whose weight oneDNN has reordered once into its own blocked layout.
+  Generating a token reads every weight once for little arithmetic. From the plain layout,
+  oneDNN's bf16 kernel for a few rows is slower than the float32 paths above, for half the bytes;
+  prepacked, it takes about half as long as from the plain layout. Same oneDNN arithmetic, so the
+  same results as F.linear.
+- Float32Attention (with Float32CacheGPT): attention, and the KV cache, in float32. SDPA's CPU
+  kernel is several times slower in bf16 than in float32 for the one query of a generated token,
+  most of all in a batch of stories; the cache is small next to the weights, so its doubled size
+  costs little. The bf16 keys and values convert exactly, so this only rounds less.
+
 BENCHMARKS.md has what they are worth. train.py, sample.py, eval.py and bench.py call enable()
-right after building the model; it does nothing unless the model runs eagerly in float32 on a CPU.
+right after building the model; it does nothing unless the model runs eagerly on a CPU, in
+float32 or with bfloat16 weights.
 """
 import math
 
@@ -26,18 +41,25 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from model import GPT, CausalSelfAttention
+from model import GPT, CausalSelfAttention, KVCache
 
 LOSS_CHUNK_ROWS = 1024  # rows of logits alive at once in the fused loss (1024 x 50257 fp32 = 200 MB)
 
 
 def enable(model, device, dtype=torch.float32, compiled=False):
-    """Swap the fast paths into `model` when it runs eagerly in float32 on a CPU; True if it did.
+    """Swap the fast paths into `model` when it runs eagerly on a CPU; True if it did.
 
-    Elsewhere the plain model is the fast one: on a GPU, or under autocast or torch.compile, the
-    fused kernels do what these paths do by hand.
+    dtype is what the model computes in: float32, an autocast dtype (train.py), or the dtype its
+    weights were cast to (sample.py). Float32 gets the four float32 paths; bfloat16 weights get the
+    two bf16 paths where oneDNN runs bf16 matmuls. Elsewhere the plain model is the fast one: on a
+    GPU, or under autocast or torch.compile, the fused kernels do what these paths do by hand.
     """
-    if str(device).split(":")[0] != "cpu" or dtype != torch.float32 or compiled:
+    weights = next(model.parameters()).dtype
+    if str(device).split(":")[0] != "cpu" or compiled or dtype != weights:
+        return False
+    if weights == torch.bfloat16:
+        return enable_bf16(model)
+    if weights != torch.float32:
         return False
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.weight.numel() >= 1 << 18:  # small ones gain nothing
@@ -179,3 +201,60 @@ class FewRowsLinear(nn.Linear):
         if x.numel() <= 8 * x.size(-1) and not (torch.is_grad_enabled() and self.weight.requires_grad):
             return few_rows_linear(x, self.weight, self.bias)
         return super().forward(x)
+
+
+# ----------------------------------------------------------------------------- bf16 weights
+
+def fast_bf16():
+    """True where this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX) and oneDNN can use it.
+
+    Without those instructions bf16 is emulated, and float32 with the paths above is faster."""
+    capabilities = torch.cpu.get_capabilities()
+    return (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+            and bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16")))
+
+
+def enable_bf16(model):
+    """Swap the bf16 paths into `model`: PackedLinear, Float32Attention, Float32CacheGPT;
+    True if oneDNN can run them."""
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return False
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.weight.dtype == torch.bfloat16:
+            module.__class__ = PackedLinear
+        elif isinstance(module, CausalSelfAttention):
+            module.__class__ = Float32Attention
+    if isinstance(model, GPT):
+        model.__class__ = Float32CacheGPT
+    return True
+
+
+class PackedLinear(nn.Linear):
+    """nn.Linear with bf16 weights that, without gradients, runs on a copy of its weight prepacked
+    for oneDNN; the copy is made on first use and again whenever the weight changes."""
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad):
+            return super().forward(x)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
+
+    def packed_weight(self):
+        key = (self.weight.data_ptr(), self.weight._version)  # _version counts in-place changes
+        cached = self.__dict__.get("_packed")  # not a parameter or buffer: state_dict stays as it was
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_packed"] = (key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1))
+        return cached[1]
+
+
+class Float32Attention(CausalSelfAttention):
+    """Attention computed in float32 from bf16 queries, keys and values; the result in bf16 again."""
+
+    def attend(self, q, k, v):
+        return super().attend(q.float(), k.float(), v.float()).to(q.dtype)
+
+
+class Float32CacheGPT(GPT):
+    """GPT whose KV cache is float32 whatever its weights: the attention reads it as it is."""
+
+    def make_kv_cache(self, batch_size, device):
+        return KVCache(self.config, batch_size, device, torch.float32)

@@ -188,17 +188,21 @@ class GPT(nn.Module):
             if not kv_cache:
                 x = self.hidden_states(idx[:, start:])
             elif cache is None or start != cache_start:  # first step, or the window jumped: refill
-                dtype = (torch.get_autocast_dtype(idx.device.type) if torch.is_autocast_enabled(idx.device.type)
-                         else self.lm_head.weight.dtype)  # what the keys and values are computed in
-                cache = KVCache(self.config, idx.size(0), idx.device, dtype)
+                cache = self.make_kv_cache(idx.size(0), idx.device)
                 cache_start = start
                 x = self.hidden_states(idx[:, start:], cache)
             else:
                 x = self.hidden_states(idx[:, -1:], cache)  # only the newest token: the rest is cached
-            logits = self.lm_head(x[:, -1, :]).float()  # (B, vocab), the last position only
+            logits = self.lm_head(x[:, -1, :])  # (B, vocab), the last position only
             next_token = sample_next(logits, temperature, top_k, top_p)  # (B, 1)
             idx = torch.cat((idx, next_token), dim=1)
             yield next_token
+
+    def make_kv_cache(self, batch_size, device):
+        """An empty KVCache for batch_size rows, in the dtype the keys and values are computed in."""
+        dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+                 else self.lm_head.weight.dtype)
+        return KVCache(self.config, batch_size, device, dtype)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True):
@@ -244,11 +248,14 @@ def window_start(length, block_size):
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     """Pick one token id per row of logits (B, vocab): (B, 1)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits, ids = logits / temperature, None
+    if temperature == 0:  # greedy: the index of the first largest logit (max's kernel is the faster one for bf16)
+        return logits.max(dim=-1, keepdim=True).indices
+    ids = None
     if top_k is not None and top_k < logits.size(-1):
         logits, ids = torch.topk(logits, top_k)  # sorted; the other tokens have probability 0
+    # Only now the float32 copy (the softmax sums up to 50257 exponentials, in float32 even when the
+    # logits are bf16) and the temperature: after top-k they touch k values, not the vocabulary.
+    logits = logits.float() / temperature
     if top_p is not None and top_p < 1.0:
         if ids is None:
             logits, ids = torch.sort(logits, descending=True)

@@ -1,12 +1,16 @@
 """Generate stories with a trained model.
 
     python sample.py --prompt "Once upon a time"
-    python sample.py --prompt "Tom found a dog" --num_samples 3 --temperature 0.7 --stream
+    python sample.py --prompt "Tom found a dog" --num_samples 8 --temperature 0.7
+    python sample.py --interactive                  # one prompt per line from standard input
 
 Loads the best weights of a run (out_dir/best_model_params.pt, with the architecture from the
 config.json beside it) or any checkpoint given with --checkpoint.
+
+--num_samples N writes the N stories as one batch: every step computes a token for each of them
+at once, far cheaper than writing them one after another (the weights are read once per step for
+all of them). Each story ends at its own end-of-text token; the batch ends when all have.
 """
-import contextlib
 import os
 import sys
 import time
@@ -18,21 +22,32 @@ from checkpoint import load_model
 from common import ArgumentParser, UserError, resolve_device, run_main
 from tokenizer import EOT_TOKEN, load_tokenizer
 
+DEFAULT_PROMPT = "Once upon a time"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 def parse_args(argv):
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--prompt", default="Once upon a time", help="text the story starts with")
+    parser.add_argument("--prompt", help=f"text the story starts with (default: {DEFAULT_PROMPT!r})")
+    parser.add_argument("--interactive", action="store_true",
+                        help="load the model once, then read prompts from standard input, one per line, and "
+                             "stream a story for each, until an empty line, end of input or Ctrl-C")
     parser.add_argument("--out_dir", default="out", help="the training run's folder")
     parser.add_argument("--checkpoint", help="weights to load (default: OUT_DIR/best_model_params.pt)")
-    parser.add_argument("--num_samples", type=int, default=1, help="how many stories to write")
+    parser.add_argument("--num_samples", type=int, default=1, help="how many stories to write (as one batch)")
     parser.add_argument("--max_new_tokens", type=int, default=200, help="tokens to generate per story")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random")
     parser.add_argument("--top_k", type=int, default=200, help="sample from the k likeliest tokens (0 = all)")
     parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling: smallest set with probability p")
     parser.add_argument("--seed", type=int, default=1337, help="random seed, for repeatable samples")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
+                        help="the weights' and KV cache's type while generating: auto = bfloat16 on CUDA (float16 "
+                             "without bf16) and on CPUs with bf16 instructions, float32 elsewhere")
     parser.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context for every token")
-    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    parser.add_argument("--stream", action="store_true",
+                        help="print as the stories are written (always with --interactive): token by token for "
+                             "one story; for several, each story as soon as it and the ones before it are finished")
     parser.add_argument("--ignore_eot", action="store_true", help="keep going past the end-of-story token")
     args = parser.parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 1:
@@ -43,7 +58,135 @@ def parse_args(argv):
         raise UserError(f"--top_k={args.top_k} must not be negative (0 = no top-k)")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise UserError(f"--top_p={args.top_p} must be in (0, 1]")
+    if args.interactive and args.prompt is not None:
+        raise UserError("--interactive reads the prompts from standard input; leave out --prompt")
+    if args.prompt is None:
+        args.prompt = DEFAULT_PROMPT
     return args
+
+
+def resolve_dtype(name, device):
+    """The dtype to generate in; 'auto' = bfloat16 on CUDA (float16 on GPUs without it) and on CPUs
+    that compute bf16 in hardware (bench.py's sample section measures it faster there), else float32."""
+    kind = device.split(":")[0]
+    if name == "auto":
+        if kind == "cuda":
+            name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            name = "bfloat16" if kind == "cpu" and cpu_fast_paths.fast_bf16() else "float32"
+    if name == "bfloat16" and (kind == "mps" or kind == "cuda" and not torch.cuda.is_bf16_supported()):
+        raise UserError(f"--dtype=bfloat16 is not supported on this {kind} device; use --dtype=float16 or float32")
+    return DTYPES[name]
+
+
+def prepare_for_sampling(model, device, dtype):
+    """Put a loaded model in the form generation uses: evaluation mode, weights (and so the KV
+    cache) in `dtype`, and the CPU fast paths for it where they apply."""
+    model.eval()
+    model.to(dtype)
+    cpu_fast_paths.enable(model, device, dtype)
+    return model
+
+
+def generate_stories(model, prompt_ids, num_samples, max_new_tokens, temperature=0.8, top_k=None, top_p=None,
+                     kv_cache=True, stop_at_eot=True, on_token=None):
+    """Continue prompt_ids num_samples times, all in one batch; the new tokens of each story.
+
+    With stop_at_eot a story ends at its end-of-text token, which is not included; its row of the
+    batch is still computed until every story has ended (or max_new_tokens), but nothing more is
+    added to it. on_token(stories, finished) is called after every step with the token lists so
+    far and which of them have ended.
+    """
+    device = model.lm_head.weight.device
+    idx = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)  # (N, T)
+    stories, finished = [[] for _ in range(num_samples)], [False] * num_samples
+    for step, tokens in enumerate(model.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, kv_cache)):
+        for row, token in enumerate(tokens[:, 0].tolist()):
+            if finished[row]:
+                continue
+            if stop_at_eot and token == EOT_TOKEN:
+                finished[row] = True
+            else:
+                stories[row].append(token)
+        if step == max_new_tokens - 1:
+            finished = [True] * num_samples
+        if on_token is not None:
+            on_token(stories, finished)
+        if all(finished):
+            break
+    return stories
+
+
+class StoryPrinter:
+    """Prints a batch of stories as generate_stories writes them, separated by a line of dashes.
+
+    Streaming one story prints each token as it comes; streaming several prints each story as
+    soon as it and all before it have ended, so the order never changes. Without streaming
+    everything is printed at the end."""
+
+    def __init__(self, enc, prompt, num_samples, stream):
+        self.enc, self.prompt, self.stream = enc, prompt, stream
+        self.token_by_token = stream and num_samples == 1
+        self.printed_stories = 0  # stories printed whole
+        self.printed_tokens = 0  # tokens of the story being streamed token by token
+        if self.token_by_token:
+            print(prompt, end="", flush=True)
+
+    def update(self, stories, finished):
+        if self.token_by_token:
+            story = stories[0]
+            # decode the whole continuation each time: a multi-byte character can span tokens
+            new = self.enc.decode(story)[len(self.enc.decode(story[:self.printed_tokens])):]
+            if new:
+                print(new, end="", flush=True)
+                self.printed_tokens = len(story)
+        elif self.stream:
+            self.print_finished(stories, finished)
+
+    def finish(self, stories):
+        if self.token_by_token:
+            self.update(stories, [True])
+            print()
+        else:
+            self.print_finished(stories, [True] * len(stories))
+
+    def print_finished(self, stories, finished):
+        while self.printed_stories < len(stories) and finished[self.printed_stories]:
+            if self.printed_stories:
+                print("-" * 40)
+            print(self.prompt + self.enc.decode(stories[self.printed_stories]), flush=True)
+            self.printed_stories += 1
+
+
+def write_stories(model, enc, prompt, args):
+    """Generate and print args.num_samples stories for one prompt, then a speed line on stderr."""
+    prompt_ids = enc.encode_ordinary(prompt)
+    if len(prompt_ids) > model.config.block_size:
+        raise UserError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of "
+                        f"{model.config.block_size}; shorten it")
+    printer = StoryPrinter(enc, prompt, args.num_samples, args.stream or args.interactive)
+    started = time.time()
+    stories = generate_stories(model, prompt_ids, args.num_samples, args.max_new_tokens, args.temperature,
+                               args.top_k or None, args.top_p, kv_cache=not args.no_kv_cache,
+                               stop_at_eot=not args.ignore_eot, on_token=printer.update)
+    seconds = time.time() - started
+    printer.finish(stories)
+    tokens = sum(len(story) for story in stories)
+    what = f"{args.num_samples} stories, " if args.num_samples > 1 else ""
+    print(f"[{what}{tokens} tokens in {seconds:.2f}s, {tokens / max(seconds, 1e-9):.1f} tokens/s]", file=sys.stderr)
+
+
+def read_prompts():
+    """Lines of standard input until an empty line or its end; '> ' before each when it is a terminal."""
+    ask = "> " if sys.stdin.isatty() else ""
+    while True:
+        try:
+            line = input(ask)
+        except EOFError:
+            return
+        if not line.strip():
+            return
+        yield line
 
 
 def main():
@@ -51,42 +194,22 @@ def main():
     if not args.prompt.strip():
         raise UserError("--prompt is empty; give the story a beginning, e.g. --prompt \"Once upon a time\"")
     device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     model = load_model(args.checkpoint or os.path.join(args.out_dir, "best_model_params.pt"), device)
-    model.eval()
-    cpu_fast_paths.enable(model, device)  # only where it is faster: a CPU (here always float32)
+    prepare_for_sampling(model, device, dtype)
     enc = load_tokenizer()
-    prompt_ids = enc.encode_ordinary(args.prompt)
-    if len(prompt_ids) > model.config.block_size:
-        raise UserError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of "
-                        f"{model.config.block_size}; shorten it")
-    torch.manual_seed(args.seed)
-    autocast = contextlib.nullcontext()
-    if device.startswith("cuda"):
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-
-    for i in range(args.num_samples):
-        if i:
-            print("\n" + "-" * 40)
-        print(args.prompt, end="", flush=True)
-        new_tokens, started = [], time.time()
-        with autocast:
-            for token in model.generate_tokens(idx, args.max_new_tokens, args.temperature, args.top_k or None,
-                                               args.top_p, kv_cache=not args.no_kv_cache):
-                token = token.item()
-                if token == EOT_TOKEN and not args.ignore_eot:
-                    break
-                new_tokens.append(token)
-                if args.stream:
-                    # decode the whole continuation each time: a multi-byte character can span tokens
-                    text = enc.decode(new_tokens)
-                    print(text[len(enc.decode(new_tokens[:-1])):], end="", flush=True)
-        if not args.stream:
-            print(enc.decode(new_tokens), end="")
-        seconds = time.time() - started
-        print(f"\n[{len(new_tokens)} tokens in {seconds:.2f}s, {len(new_tokens) / max(seconds, 1e-9):.1f} tokens/s]",
-              file=sys.stderr)
-    print()
+    torch.manual_seed(args.seed)  # once: a session with the same prompts in the same order repeats itself
+    if not args.interactive:
+        write_stories(model, enc, args.prompt, args)
+        return
+    try:
+        for prompt in read_prompts():
+            try:
+                write_stories(model, enc, prompt, args)
+            except UserError as e:  # a prompt too long: say so and wait for the next one
+                print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C ends the session like an empty line, not as an interruption
+        print()  # the shell's prompt on a line of its own
 
 
 if __name__ == "__main__":

@@ -6,20 +6,23 @@ import torch
 from torch.nn import functional as F
 
 import cpu_fast_paths
-from cpu_fast_paths import LinearCrossEntropy, cheap_dropout, few_rows_linear, linear_cross_entropy
+from cpu_fast_paths import LinearCrossEntropy, PackedLinear, cheap_dropout, few_rows_linear, linear_cross_entropy
 from model import GPT, GPTConfig
 
 CONFIG = dict(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
 
 
-def plain_and_fast(seed=0, **overrides):
-    """Two models with the same weights: model.py's plain GPT, and one with the fast paths on."""
+def plain_and_fast(seed=0, dtype=torch.float32, **overrides):
+    """Two models with the same weights in dtype: model.py's plain GPT, and one with the fast paths on."""
     models = []
     for _ in range(2):
         torch.manual_seed(seed)
-        models.append(GPT(GPTConfig(**{**CONFIG, **overrides})).eval())
-    assert cpu_fast_paths.enable(models[1], "cpu")
+        models.append(GPT(GPTConfig(**{**CONFIG, **overrides})).eval().to(dtype))
+    assert cpu_fast_paths.enable(models[1], "cpu", dtype)
     return models
+
+
+needs_bf16 = pytest.mark.skipif(not cpu_fast_paths.fast_bf16(), reason="this CPU has no bf16 instructions")
 
 
 def plain_loss(h, weight, targets):
@@ -40,13 +43,16 @@ def test_enable_swaps_the_pieces_and_keeps_the_parameters():
     assert all(torch.equal(plain_state[k], fast_state[k]) for k in plain_state)
 
 
-@pytest.mark.parametrize("device, dtype, compiled", [
-    ("cuda", torch.float32, False), ("mps", torch.float32, False), ("cpu", torch.bfloat16, False),
-    ("cpu", torch.float16, False), ("cpu", torch.float32, True),
+@pytest.mark.parametrize("weights, device, dtype, compiled", [
+    (torch.float32, "cuda", torch.float32, False), (torch.float32, "mps", torch.float32, False),
+    (torch.float32, "cpu", torch.bfloat16, False),  # bf16 autocast over float32 weights (train.py)
+    (torch.float32, "cpu", torch.float16, False), (torch.float32, "cpu", torch.float32, True),
+    (torch.bfloat16, "cuda", torch.bfloat16, False), (torch.bfloat16, "cpu", torch.bfloat16, True),
+    (torch.float16, "cpu", torch.float16, False),
 ])
-def test_enable_leaves_the_plain_model_where_it_is_the_fast_one(device, dtype, compiled):
+def test_enable_leaves_the_plain_model_where_it_is_the_fast_one(weights, device, dtype, compiled):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**CONFIG))
+    model = GPT(GPTConfig(**CONFIG)).to(weights)
     assert cpu_fast_paths.enable(model, device, dtype, compiled) is False
     assert type(model) is GPT and all(type(m).__module__ != "cpu_fast_paths" for m in model.modules())
 
@@ -160,3 +166,86 @@ def test_greedy_tokens_equal_the_plain_model(kv_cache):
     idx = torch.randint(0, 8192, (2, 5), generator=torch.Generator().manual_seed(5))
     expected = plain.generate(idx, 40, temperature=0, kv_cache=kv_cache)  # crosses block_size: the window jumps
     assert torch.equal(fast.generate(idx, 40, temperature=0, kv_cache=kv_cache), expected)
+
+
+# ----------------------------------------------------------------------------- bf16 weights
+
+@needs_bf16
+def test_enable_with_bf16_weights_swaps_the_pieces_and_keeps_the_parameters():
+    plain, fast = plain_and_fast(dtype=torch.bfloat16)
+    linears = [m for m in fast.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is PackedLinear for m in linears)
+    assert type(fast) is cpu_fast_paths.Float32CacheGPT
+    assert type(fast.transformer.h[0].attn) is cpu_fast_paths.Float32Attention
+    assert type(fast.transformer.drop) is torch.nn.Dropout  # the float32 paths stay off
+    assert fast.lm_head.weight is fast.transformer.wte.weight
+    plain_state, fast_state = plain.state_dict(), fast.state_dict()
+    assert plain_state.keys() == fast_state.keys()
+    assert all(torch.equal(plain_state[k], fast_state[k]) for k in plain_state)
+
+
+@needs_bf16
+@pytest.mark.parametrize("rows", [1, 8, 128])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_equals_f_linear_in_bf16(rows, bias):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(384, 1536, bias=bias).to(torch.bfloat16)
+    x = torch.randn(2, rows, 384, dtype=torch.bfloat16)
+    expected = F.linear(x, linear.weight, linear.bias)
+    linear.__class__ = PackedLinear
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x), expected, rtol=0, atol=0)  # the same oneDNN arithmetic
+        torch.testing.assert_close(linear(x[:, -1]), expected[:, -1], rtol=0, atol=0)  # a strided view
+
+
+@needs_bf16
+def test_packed_linear_repacks_when_the_weight_changes():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    linear.__class__ = PackedLinear
+    x = torch.randn(1, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear(x)
+        linear.load_state_dict({"weight": torch.randn(32, 64), "bias": torch.randn(32)})
+        torch.testing.assert_close(linear(x), F.linear(x, linear.weight, linear.bias), rtol=0, atol=0)
+
+
+@needs_bf16
+def test_packed_linear_with_gradients_is_the_plain_linear():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    linear.__class__ = PackedLinear
+    linear(torch.randn(3, 64, dtype=torch.bfloat16)).sum().backward()
+    assert linear.weight.grad is not None and "_packed" not in linear.__dict__
+
+
+def test_float32_attention_is_sdpa_on_the_inputs_in_float32():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(8, 6, n, 64, dtype=torch.bfloat16) for n in (1, 100, 100))
+    attention = cpu_fast_paths.Float32Attention(GPTConfig(**{**CONFIG, "n_embd": 384, "n_head": 6})).eval()
+    out = attention.attend(q, k, v)
+    assert out.dtype == torch.bfloat16
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(torch.bfloat16)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+@needs_bf16
+def test_with_bf16_weights_the_kv_cache_is_float32_and_logits_match_the_plain_bf16_model():
+    # every position of a cached generation, against the plain model in float32 with the same
+    # (bf16-rounded) weights: the fast paths stay as close to it as the plain model in bf16 does
+    widths = dict(vocab_size=50257, n_embd=384, n_head=6)
+    plain, fast = plain_and_fast(dtype=torch.bfloat16, **widths)
+    plain_fp32 = plain_and_fast(**widths)[0]
+    with torch.no_grad():
+        for p in plain_fp32.parameters():  # the same (bf16-rounded) weights, in float32
+            p.copy_(p.to(torch.bfloat16))
+    idx = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(6))
+    cache = fast.make_kv_cache(2, torch.device("cpu"))
+    assert cache.k.dtype == torch.float32
+    with torch.no_grad():
+        fast_logits = torch.cat([fast.lm_head(fast.hidden_states(idx[:, :10], cache))] +
+                                [fast.lm_head(fast.hidden_states(idx[:, t:t + 1], cache)) for t in range(10, 32)], dim=1)
+        plain_logits, reference = plain(idx)[0].float(), plain_fp32(idx)[0]
+    fast_error = (fast_logits.float() - reference).abs().max()
+    plain_error = (plain_logits - reference).abs().max()
+    assert fast_error <= plain_error * 1.5, (fast_error, plain_error)

@@ -138,3 +138,18 @@ def test_temperature_zero_is_argmax_and_top_k_limits_the_choice():
     torch.manual_seed(0)
     drawn = {tuple(sample_next(logits, temperature=1.0, top_k=2).flatten().tolist()) for _ in range(200)}
     assert {row[0] for row in drawn} <= {1, 2} and {row[1] for row in drawn} <= {0, 3}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_takes_the_first_of_equally_likely_tokens_in_any_dtype(dtype):
+    logits = torch.zeros(3, 1000, dtype=dtype)
+    logits[0, [5, 700]] = 1.0
+    logits[1, [999, 3]] = 2.0
+    assert sample_next(logits, temperature=0).flatten().tolist() == [5, 3, 0]
+
+
+def test_sampling_takes_bf16_logits_and_draws_in_float32():
+    logits = torch.tensor([[0.0, 8.0, 8.0, -4.0]], dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    drawn = {sample_next(logits, temperature=0.5, top_k=3).item() for _ in range(100)}
+    assert drawn == {1, 2}

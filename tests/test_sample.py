@@ -1,0 +1,242 @@
+"""sample.py: many stories in one batch, generation in bfloat16, and the interactive prompt."""
+import copy
+import os
+import signal
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import cpu_fast_paths
+import sample
+from bench import learn_a_cycle
+from common import UserError
+from conftest import ROOT, TINY_RUN, run_script
+from model import GPT, GPTConfig
+from tokenizer import EOT_TOKEN
+
+CYCLE_CONFIG = dict(vocab_size=256, block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def cycle_model():
+    """A tiny GPT trained in-process until it continues a repeating sequence of 23 distinct tokens:
+    its greedy continuation is meaningful, with clear margins between the likeliest tokens."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**CYCLE_CONFIG))
+    sequence = learn_a_cycle(model, steps=40, window=32, batch_size=16, learning_rate=3e-3)
+    assert torch.equal(model.generate(sequence[None, 5:9], 60, temperature=0)[0], sequence[5:69])  # it learned
+    return model, sequence
+
+
+# ----------------------------------------------------------------------------- one batch
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_greedy_rows_of_a_batch_equal_the_prompt_generated_alone(cycle_model, kv_cache):
+    model, sequence = cycle_model
+    prompt = sequence[3:7].tolist()
+    alone = sample.generate_stories(model, prompt, 1, 80, temperature=0, kv_cache=kv_cache)  # past block_size
+    batch = sample.generate_stories(model, prompt, 4, 80, temperature=0, kv_cache=kv_cache)
+    assert len(alone[0]) == 80
+    assert batch == alone * 4
+
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_rows_of_a_batch_with_different_prompts_equal_each_prompt_alone(cycle_model, kv_cache):
+    model, sequence = cycle_model
+    prompts = torch.stack([sequence[0:5], sequence[11:16], torch.tensor([1, 2, 3, 4, 5])])  # the last: off-cycle
+    batch = model.generate(prompts, 50, temperature=0, kv_cache=kv_cache)
+    for row, prompt in enumerate(prompts):
+        assert torch.equal(batch[row], model.generate(prompt[None], 50, temperature=0, kv_cache=kv_cache)[0]), row
+
+
+def scripted_model(rows_of_tokens):
+    """A stand-in for GPT whose generate_tokens yields the given tokens, one column per step, and
+    counts how many steps were taken."""
+    steps = torch.tensor(rows_of_tokens).t()  # (steps, rows)
+    model = SimpleNamespace(lm_head=SimpleNamespace(weight=torch.zeros(1)), steps_taken=0)
+
+    def generate_tokens(idx, max_new_tokens, *args):
+        assert idx.size(0) == steps.size(1)
+        for column in steps[:max_new_tokens]:
+            model.steps_taken += 1
+            yield column[:, None]
+
+    model.generate_tokens = generate_tokens
+    return model
+
+
+def test_each_story_is_cut_at_its_own_end_of_text_and_the_batch_stops_when_all_have():
+    E = EOT_TOKEN
+    model = scripted_model([[5, 6, E, 7, 8, 9, 9],
+                            [1, 2, 3, 4, E, 5, 9],
+                            [E, 1, 1, 1, 1, 1, 9]])
+    stories = sample.generate_stories(model, [0], 3, max_new_tokens=7)
+    assert stories == [[5, 6], [1, 2, 3, 4], []]  # nothing after a story's end-of-text
+    assert model.steps_taken == 5  # the step where the last story ended
+
+
+def test_ignore_eot_keeps_every_token_up_to_max_new_tokens():
+    E = EOT_TOKEN
+    model = scripted_model([[5, E, 7, 8], [E, 2, 3, 4]])
+    stories = sample.generate_stories(model, [0], 2, max_new_tokens=3, stop_at_eot=False)
+    assert stories == [[5, E, 7], [E, 2, 3]]
+    assert model.steps_taken == 3
+
+
+class Decoder:
+    def decode(self, tokens):
+        return "".join(f" {t}" for t in tokens)
+
+
+def test_streaming_several_stories_prints_each_whole_and_in_order(capsys):
+    printer = sample.StoryPrinter(Decoder(), "P", num_samples=3, stream=True)
+    printer.update([[1], [2], [3]], [False, True, False])
+    assert capsys.readouterr().out == ""  # the second story has ended, but the first not yet
+    printer.update([[1, 4], [2], [3, 5]], [True, True, False])
+    assert capsys.readouterr().out == "P 1 4\n" + "-" * 40 + "\nP 2\n"
+    printer.finish([[1, 4], [2], [3, 5, 6]])
+    assert capsys.readouterr().out == "-" * 40 + "\nP 3 5 6\n"
+
+
+def test_streaming_one_story_prints_each_token_as_it_comes(capsys):
+    printer = sample.StoryPrinter(Decoder(), "P", num_samples=1, stream=True)
+    printer.update([[1]], [False])
+    printer.update([[1, 2]], [False])
+    assert capsys.readouterr().out == "P 1 2"
+    printer.finish([[1, 2, 3]])
+    assert capsys.readouterr().out == " 3\n"
+
+
+# ----------------------------------------------------------------------------- dtype
+
+@pytest.mark.skipif(not cpu_fast_paths.fast_bf16(), reason="this CPU has no bf16 instructions")
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_bfloat16_greedy_tokens_equal_float32_on_a_trained_model(cycle_model, kv_cache):
+    model, sequence = cycle_model
+    bf16 = sample.prepare_for_sampling(copy.deepcopy(model), "cpu", torch.bfloat16)
+    assert type(bf16.lm_head) is cpu_fast_paths.PackedLinear and bf16.lm_head.weight.dtype == torch.bfloat16
+    prompt = sequence[None, 8:12]
+    expected = model.generate(prompt, 100, temperature=0, kv_cache=kv_cache)  # the window jumps 5 times
+    assert torch.equal(bf16.generate(prompt, 100, temperature=0, kv_cache=kv_cache), expected)
+
+
+def test_auto_dtype_on_a_cpu_is_bfloat16_only_where_it_has_bf16_instructions(monkeypatch):
+    for fast, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(cpu_fast_paths, "fast_bf16", lambda: fast)
+        assert sample.resolve_dtype("auto", "cpu") is expected
+    assert sample.resolve_dtype("float32", "cpu") is torch.float32
+
+
+def test_bfloat16_on_mps_is_refused():
+    with pytest.raises(UserError, match="--dtype=bfloat16 is not supported"):
+        sample.resolve_dtype("bfloat16", "mps")
+
+
+# ----------------------------------------------------------------------------- the script
+
+@pytest.fixture(scope="module")
+def story_run(tiny_data, tmp_path_factory):
+    """A tiny model trained by train.py on the synthetic stories, for running sample.py on."""
+    out_dir = tmp_path_factory.mktemp("story-run")
+    result = run_script("train.py", f"--data_dir={tiny_data}", f"--out_dir={out_dir}", *TINY_RUN, "--max_iters=20",
+                        "--eval_interval=20", "--learning_rate=3e-3")
+    assert result.returncode == 0, result.stderr
+    return out_dir
+
+
+@pytest.mark.slow
+def test_the_same_seed_writes_the_same_batch_of_stories(story_run):
+    flags = ["--out_dir", story_run, "--num_samples", "4", "--temperature", "1.0", "--max_new_tokens", "30"]
+    first, second = run_script("sample.py", *flags, "--seed", "7"), run_script("sample.py", *flags, "--seed", "7")
+    other = run_script("sample.py", *flags, "--seed", "8")
+    for result in (first, second, other):
+        assert result.returncode == 0, result.stderr
+    stories = first.stdout.split("-" * 40 + "\n")
+    assert len(stories) == 4 and all(story.startswith("Once upon a time") for story in stories)
+    assert len(set(stories)) > 1  # the rows of the batch draw their own tokens
+    assert second.stdout == first.stdout
+    assert other.stdout != first.stdout
+    assert "4 stories" in first.stderr and "Traceback" not in first.stderr
+
+
+def interactive(story_run, *flags, stdin=subprocess.PIPE):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "sample.py"), "--out_dir", str(story_run),
+                             "--interactive", "--max_new_tokens", "20", *flags],
+                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_interactive_writes_a_story_for_each_line_until_an_empty_one(story_run):
+    process = interactive(story_run)
+    stdout, stderr = process.communicate("Tom found a dog\nLily went to the park\n\nnever read\n", timeout=120)
+    assert process.returncode == 0, stderr
+    lines = stdout.splitlines()
+    assert any(line.startswith("Tom found a dog") for line in lines)
+    assert any(line.startswith("Lily went to the park") for line in lines)
+    assert "never read" not in stdout and "> " not in stdout  # no prompt sign: standard input is not a terminal
+    assert stderr.count("tokens/s]") == 2 and "Traceback" not in stderr
+
+
+@pytest.mark.slow
+def test_interactive_ends_cleanly_at_the_end_of_input(story_run):
+    process = interactive(story_run)
+    stdout, stderr = process.communicate("Tom found a dog\n", timeout=120)
+    assert process.returncode == 0, stderr
+    assert stdout.startswith("Tom found a dog") and "Traceback" not in stderr
+
+
+@pytest.mark.slow
+def test_interactive_ends_cleanly_on_ctrl_c(story_run):
+    process = interactive(story_run)
+    process.stdin.write("Tom found a dog\n")
+    process.stdin.flush()
+    assert process.stdout.readline().startswith("Tom found a dog")  # a story: it waits for the next prompt
+    while "tokens/s]" not in process.stderr.readline():
+        pass
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "interrupted" not in stderr
+
+
+@pytest.mark.slow
+def test_interactive_applies_the_flags_to_every_prompt(story_run):
+    flags = ["--temperature", "0", "--dtype", "float32"]
+    process = interactive(story_run, *flags)
+    stdout, stderr = process.communicate("Tom found a dog\nLily went to the park\n", timeout=120)
+    assert process.returncode == 0, stderr
+    one_at_a_time = ""
+    for prompt in ("Tom found a dog", "Lily went to the park"):
+        result = run_script("sample.py", "--out_dir", story_run, "--max_new_tokens", "20", "--prompt", prompt, *flags)
+        assert result.returncode == 0, result.stderr
+        one_at_a_time += result.stdout
+    assert stdout == one_at_a_time
+
+
+@pytest.mark.slow
+def test_interactive_reports_a_prompt_that_is_too_long_and_goes_on(story_run):
+    process = interactive(story_run)
+    stdout, stderr = process.communicate("Once upon a time " * 20 + "\nTom found a dog\n", timeout=120)
+    assert process.returncode == 0, stderr
+    assert "error: the prompt is" in stderr and "Traceback" not in stderr
+    assert stdout.startswith("Tom found a dog")
+
+
+@pytest.mark.slow
+def test_interactive_shows_a_prompt_sign_only_on_a_terminal(story_run):
+    user_side, script_side = os.openpty()  # a terminal: the script reads its stdin from script_side
+    process = interactive(story_run, stdin=script_side)
+    os.write(user_side, b"Tom found a dog\n\n")  # typed: a prompt, then an empty line
+    stdout, stderr = process.communicate(timeout=120)
+    os.close(user_side)
+    os.close(script_side)
+    assert process.returncode == 0, stderr
+    assert stdout.startswith("> Tom found a dog") and stdout.rstrip().endswith(">")
+
+
+def test_interactive_with_a_prompt_flag_is_refused():
+    with pytest.raises(UserError, match="leave out --prompt"):
+        sample.parse_args(["--interactive", "--prompt", "Once"])
