@@ -33,9 +33,15 @@ def cycle_model():
 
 # ----------------------------------------------------------------------------- one batch
 
+DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    not cpu_fast_paths.fast_bf16(), reason="this CPU has no bf16 instructions"))]
+
+
 @pytest.mark.parametrize("kv_cache", [True, False])
-def test_greedy_rows_of_a_batch_equal_the_prompt_generated_alone(cycle_model, kv_cache):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_greedy_rows_of_a_batch_equal_the_prompt_generated_alone(cycle_model, kv_cache, dtype):
     model, sequence = cycle_model
+    model = sample.prepare_for_sampling(copy.deepcopy(model), "cpu", dtype)  # as sample.py runs it
     prompt = sequence[3:7].tolist()
     alone = sample.generate_stories(model, prompt, 1, 80, temperature=0, kv_cache=kv_cache)  # past block_size
     batch = sample.generate_stories(model, prompt, 4, 80, temperature=0, kv_cache=kv_cache)
