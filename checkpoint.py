@@ -12,7 +12,7 @@ from dataclasses import fields
 
 import torch
 
-from common import UserError, atomic_write
+from common import UserError, atomic_write, first_line
 from model import GPT, GPTConfig
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
@@ -76,11 +76,6 @@ def load_checkpoint(path, device="cpu"):
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path} is not a train.py checkpoint (it holds a {type(checkpoint).__name__}, not a dict)")
     return checkpoint
-
-
-def first_line(exception):
-    text = str(exception).strip()
-    return text.splitlines()[0] if text else "no message"
 
 
 def load_model(path, device="cpu"):

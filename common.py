@@ -35,6 +35,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message}; see {self.prog} --help")
 
 
+def first_line(exception):
+    """The first line of an exception's message, for a one-line error that names its cause."""
+    text = str(exception).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
 def underscored(arg):
     """`--out-dir=x` -> `--out_dir=x`: only the flag's name changes, never its value."""
     if not arg.startswith("--"):

@@ -27,7 +27,7 @@ import tempfile
 
 import numpy as np
 
-from common import ArgumentParser, UserError, WriteError, atomic_write, make_output_dir, run_main
+from common import ArgumentParser, UserError, WriteError, atomic_write, first_line, make_output_dir, run_main
 from tokenizer import EOT_TOKEN, ENCODING_NAME, VOCAB_SIZE, load_tokenizer
 
 # prepare.py needs no torch; without this, `datasets` imports it (slow to start) when it
@@ -193,11 +193,6 @@ def load_splits(args, scratch):
     if args.val_input:
         splits["validation"] = load_local(args.val_input, args.text_column, scratch)
     return splits, None
-
-
-def first_line(exception):
-    text = str(exception).strip()
-    return text.splitlines()[0] if text else "no message"
 
 
 # ----------------------------------------------------------------------------- cutting documents into pieces
