@@ -160,9 +160,9 @@ class CheapDropout(nn.Dropout):
 class ExplicitAttention(CausalSelfAttention):
     """Attention as explicit math ops when training with dropout, so that the cheap mask applies."""
 
-    def attend(self, q, k, v):
-        if not (self.training and self.dropout > 0):
-            return super().attend(q, k, v)
+    def attend(self, q, k, v, mask=None):
+        if not (self.training and self.dropout > 0) or mask is not None:
+            return super().attend(q, k, v, mask)
         T = q.size(2)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
         att = att.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
@@ -249,12 +249,17 @@ class PackedLinear(nn.Linear):
 class Float32Attention(CausalSelfAttention):
     """Attention computed in float32 from bf16 queries, keys and values; the result in bf16 again."""
 
-    def attend(self, q, k, v):
-        return super().attend(q.float(), k.float(), v.float()).to(q.dtype)
+    def attend(self, q, k, v, mask=None):
+        return super().attend(q.float(), k.float(), v.float(), mask).to(q.dtype)
 
 
 class Float32CacheGPT(GPT):
     """GPT whose KV cache is float32 whatever its weights: the attention reads it as it is."""
 
     def make_kv_cache(self, batch_size, device):
-        return KVCache(self.config, batch_size, device, torch.float32)
+        return Float32Cache(self.config, batch_size, device, torch.float32)
+
+
+class Float32Cache(KVCache):
+    def update(self, layer, k, v, pos):
+        return super().update(layer, k.float(), v.float(), pos)

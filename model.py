@@ -37,25 +37,29 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, cache=None, layer=0, pos=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # each (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nh, all positions so far, hs): the cached ones, then these
-        y = self.attend(q, k, v)  # (B, nh, T, hs)
+        if cache is None:
+            y = self.attend(q, k, v)  # (B, nh, T, hs)
+        else:
+            k, v = cache.update(layer, k, v, pos)  # (B, nh, block_size, hs): slot p holds position p
+            # Position p sees slots 0..p: itself and the earlier positions. The later slots are empty
+            # or left from an earlier window; the mask keeps them out.
+            visible = pos[:, None] >= torch.arange(k.size(2), device=pos.device)  # (T, block_size)
+            y = self.attend(q, k, v, visible)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # the heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
-    def attend(self, q, k, v):
-        """softmax(q @ k^T / sqrt(hs)) @ v, each position attending only to itself and earlier ones.
+    def attend(self, q, k, v, mask=None):
+        """softmax(q @ k^T / sqrt(hs)) @ v, each query attending only to the keys that mask (Tq, Tk)
+        allows; without a mask, to its own position and earlier ones (causal, keys = queries).
 
-        scaled_dot_product_attention runs this as one fused kernel (FlashAttention on a GPU)
-        without ever holding the (T, T) attention matrix in memory. A call with several queries
-        always starts at position 0 (training, or filling the cache), so the plain causal mask is
-        right; a single new token may attend to every position before it.
+        scaled_dot_product_attention runs this as one fused kernel (FlashAttention on a GPU in
+        training) without ever holding the (T, T) attention matrix in memory.
         """
-        return F.scaled_dot_product_attention(q, k, v, is_causal=q.size(2) > 1,
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                               dropout_p=self.dropout if self.training else 0.0)
 
 
@@ -79,9 +83,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, cache=None, layer=0, pos=None):
         # pre-LayerNorm: each branch reads a normalized copy and adds its output to the residual stream
-        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.attn(self.ln_1(x), cache, layer, pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -119,18 +123,18 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def hidden_states(self, idx, cache=None):
-        """Final-LayerNorm outputs (B, T, C) for token ids idx (B, T); with a cache, idx continues it."""
+    def hidden_states(self, idx, cache=None, pos=None):
+        """Final-LayerNorm outputs (B, T, C) for token ids idx (B, T) at positions pos (T,), by
+        default 0..T-1. With a cache, the keys and values of these positions are stored in it and
+        each position also attends to the earlier ones stored there."""
         T = idx.size(1)
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
+        if pos is None:
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
-        if cache is not None:
-            cache.pos += T
+            x = block(x, cache, layer, pos)
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None):
@@ -186,17 +190,28 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             start = window_start(idx.size(1), block_size)
             if not kv_cache:
-                x = self.hidden_states(idx[:, start:])
-            elif cache is None or start != cache_start:  # first step, or the window jumped: refill
-                cache = self.make_kv_cache(idx.size(0), idx.device)
+                logits = self.lm_head(self.hidden_states(idx[:, start:])[:, -1, :])  # (B, vocab): the last position's
+            elif cache is None or start != cache_start:  # first step, or the window jumped: (re)fill the cache
+                cache = cache or self.make_kv_cache(idx.size(0), idx.device)
                 cache_start = start
-                x = self.hidden_states(idx[:, start:], cache)
-            else:
-                x = self.hidden_states(idx[:, -1:], cache)  # only the newest token: the rest is cached
-            logits = self.lm_head(x[:, -1, :])  # (B, vocab), the last position only
+                logits = self.lm_head(self.hidden_states(idx[:, start:], cache)[:, -1, :])
+            else:  # only the newest token (last step's next_token): the earlier ones are cached
+                pos = torch.tensor([idx.size(1) - 1 - start], device=idx.device)  # its position in the window
+                logits = self.decode_step(next_token, cache, pos)
             next_token = sample_next(logits, temperature, top_k, top_p)  # (B, 1)
             idx = torch.cat((idx, next_token), dim=1)
             yield next_token
+
+    def decode_step(self, token, cache, pos):
+        """Logits (B, vocab) for the token after `token` (B, 1) at position pos (1,), the earlier
+        positions read from the cache.
+
+        Every shape in here is the same at every position (the attention reads the whole cache,
+        masked), so this is one fixed program: sample.py --compile compiles it once, and on a GPU
+        torch.compile's reduce-overhead mode replays it as a CUDA graph, one launch instead of
+        about a hundred small kernels per token.
+        """
+        return self.lm_head(self.hidden_states(token, cache, pos)[:, -1, :])
 
     def make_kv_cache(self, batch_size, device):
         """An empty KVCache for batch_size rows, in the dtype the keys and values are computed in."""
@@ -212,7 +227,7 @@ class GPT(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, preallocated to block_size.
+    """Keys and values of every layer, one slot per position of the window (block_size slots).
 
     A new token's query needs the keys and values of all earlier tokens; they do not change (the
     window only moves in jumps, see window_start), so they are computed once and kept here.
@@ -220,16 +235,18 @@ class KVCache:
 
     def __init__(self, config, batch_size, device, dtype):
         shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.pos = 0  # number of positions filled
+        # zeros, not empty: attention weighs the slots not yet filled by exactly 0, and 0 * NaN is NaN
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        for t in (self.k, self.v):  # a compiled decode step writes into these very tensors: no copies
+            torch._dynamo.mark_static_address(t, guard=False)
 
-    def update(self, layer, k, v):
-        """Store this call's k, v (B, nh, T, hs) after the cached ones; return all of them."""
-        end = self.pos + k.size(2)
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    def update(self, layer, k, v, pos):
+        """Store k, v (B, nh, T, hs) of positions pos (T,) in their slots; return the layer's
+        slots, all of them: (B, nh, block_size, hs) each."""
+        self.k[layer].index_copy_(2, pos, k)
+        self.v[layer].index_copy_(2, pos, v)
+        return self.k[layer], self.v[layer]
 
 
 def window_start(length, block_size):

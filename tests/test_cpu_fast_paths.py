@@ -223,9 +223,10 @@ def test_float32_attention_is_sdpa_on_the_inputs_in_float32():
     torch.manual_seed(0)
     q, k, v = (torch.randn(8, 6, n, 64, dtype=torch.bfloat16) for n in (1, 100, 100))
     attention = cpu_fast_paths.Float32Attention(GPTConfig(**{**CONFIG, "n_embd": 384, "n_head": 6})).eval()
-    out = attention.attend(q, k, v)
+    visible = torch.arange(100) < 60  # one new token that sees the first 60 of 100 cache slots
+    out = attention.attend(q, k, v, visible[None, :])
     assert out.dtype == torch.bfloat16
-    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(torch.bfloat16)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), visible[None, :]).to(torch.bfloat16)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
@@ -244,7 +245,7 @@ def test_with_bf16_weights_the_kv_cache_is_float32_and_logits_match_the_plain_bf
     assert cache.k.dtype == torch.float32
     with torch.no_grad():
         fast_logits = torch.cat([fast.lm_head(fast.hidden_states(idx[:, :10], cache))] +
-                                [fast.lm_head(fast.hidden_states(idx[:, t:t + 1], cache)) for t in range(10, 32)], dim=1)
+                                [fast.lm_head(fast.hidden_states(idx[:, t:t + 1], cache, torch.tensor([t]))) for t in range(10, 32)], dim=1)
         plain_logits, reference = plain(idx)[0].float(), plain_fp32(idx)[0]
     fast_error = (fast_logits.float() - reference).abs().max()
     plain_error = (plain_logits - reference).abs().max()

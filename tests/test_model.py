@@ -97,7 +97,7 @@ def test_cached_logits_match_a_full_forward_pass_at_every_position():
     cache = KVCache(model.config, 1, "cpu", torch.float32)
     with torch.no_grad():
         prefill = model.lm_head(model.hidden_states(idx[:, :10], cache))
-        steps = [model.lm_head(model.hidden_states(idx[:, t:t + 1], cache)) for t in range(10, 32)]
+        steps = [model.decode_step(idx[:, t:t + 1], cache, torch.tensor([t]))[:, None] for t in range(10, 32)]
     torch.testing.assert_close(torch.cat([prefill] + steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
