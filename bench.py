@@ -14,8 +14,8 @@ Sections (each compared with its target, the TARGET_* constants below):
            the default model: tokens/s, FLOP/s by model.flops_per_token(), and MFU against the
            ceiling measured in the same run.
   sample   200 new tokens from a 4-token prompt: one greedy story without the KV cache (float32) and
-           with it (float32, and sample.py's --dtype=auto), tokens/s and ratio; 8 stories in one
-           batch against 1, with sample.py's defaults.
+           with it (float32; sample.py's --dtype=auto; and that with --compile, the compile timed
+           apart), tokens/s and ratio; 8 stories in one batch against 1, with sample.py's defaults.
   prepare  prepare.py on synthetic stories at two sizes (>= 50 MB): bytes/s, tokens/s and the peak
            RSS of its whole process tree, against tiktoken's single-thread encode_ordinary rate.
   plain    prepare.py on one document with no separators (a book; --plain_mb, 200 MB) next to
@@ -231,10 +231,10 @@ def bench_sample(device, quick):
     sequence = learn_a_cycle(model, steps=20, window=model.config.block_size)
     weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
-    def model_in(dtype):  # the same weights, ready as sample.py makes them
+    def model_in(dtype, compile=False):  # the same weights, ready as sample.py makes them
         model = GPT(GPTConfig()).to(device)
         model.load_state_dict(weights)
-        return sample.prepare_for_sampling(model, device, dtype)
+        return sample.prepare_for_sampling(model, device, dtype, compile)
 
     reference, fast = model_in(torch.float32), model_in(dtype)
     prompt = sequence[None, 5:9].to(device)
@@ -254,6 +254,10 @@ def bench_sample(device, quick):
     one = new_tokens / best_time(lambda: stories(1), repeats, device)
     batch = 8 * new_tokens / best_time(lambda: stories(8), repeats, device)
     same = torch.equal(greedy(fast, True), greedy(reference, False))  # past block_size too
+    compiled = model_in(dtype, compile=True)
+    compile_seconds = sample.compile_decode_step(compiled, batch_size=1)
+    cached_compiled = new_tokens / best_time(lambda: greedy(compiled, True), repeats, device)
+    same_compiled = torch.equal(greedy(compiled, True), greedy(reference, False))
     # A cached token reads every weight once (the tied embedding is the LM head): at the memory
     # bandwidth, that is the most tokens/s one story can reach.
     weight_bytes = sum(p.numel() * p.element_size() for p in fast.parameters())
@@ -261,6 +265,8 @@ def bench_sample(device, quick):
     bandwidth = buffer.numel() * buffer.element_size() / best_time(buffer.sum, 5, device)
     return {"dtype": str(dtype).removeprefix("torch."), "uncached": uncached, "cached_fp32": cached_fp32,
             "cached": cached, "speedup": cached / uncached, "greedy_identical": same, "one": one, "batch": batch,
+            "compile_seconds": compile_seconds, "cached_compiled": cached_compiled,
+            "compiled_speedup": cached_compiled / uncached, "compiled_identical": same_compiled,
             "batch_speedup": batch / one, "weight_bytes": weight_bytes, "bandwidth": bandwidth,
             "bound": bandwidth / weight_bytes}
 
@@ -475,7 +481,8 @@ def main():
         r = bench_sample(device, args.quick)
         print(f"sample: one greedy story {r['cached']:,.1f} tokens/s cached in {r['dtype']}, {r['cached_fp32']:,.1f} "
               f"cached in float32, {r['uncached']:,.1f} uncached, {r['speedup']:.1f}x; greedy identical: "
-              f"{r['greedy_identical']}; 8 stories in a batch {r['batch']:,.1f} tokens/s, 1 story {r['one']:,.1f}, "
+              f"{r['greedy_identical']}; compiled {r['cached_compiled']:,.1f} tokens/s ({r['compiled_speedup']:.1f}x, "
+              f"identical: {r['compiled_identical']}, compiled in {r['compile_seconds']:.1f} s); 8 stories in a batch {r['batch']:,.1f} tokens/s, 1 story {r['one']:,.1f}, "
               f"{r['batch_speedup']:.1f}x", flush=True)
         print(f"  bound by memory: {r['weight_bytes'] / 1e6:.0f} MB of weights per token at {r['bandwidth'] / 1e9:.1f} GB/s "
               f"= {r['bound']:,.0f} tokens/s at most, {r['bound'] / r['uncached']:.1f}x the uncached rate", flush=True)
@@ -488,6 +495,12 @@ def main():
                       f"{r['speedup']:.1f}x (greedy tokens identical: {r['greedy_identical']})",
                       f">= {TARGET_SAMPLE_SPEEDUP:.0f}x",
                       verdict(r["speedup"] >= TARGET_SAMPLE_SPEEDUP and r["greedy_identical"])))
+        lines.append((f"sample 200 tokens, prompt 4, greedy, KV cache, {r['dtype']}, compiled decode step (--compile)",
+                      f"{r['cached_compiled']:,.1f} tokens/s (after {r['compile_seconds']:.1f} s compiling)", "", ""))
+        lines.append((f"sample speed-up, compiled KV-cache step in {r['dtype']} vs no cache in float32",
+                      f"{r['compiled_speedup']:.1f}x (greedy tokens identical: {r['compiled_identical']})",
+                      f">= {TARGET_SAMPLE_SPEEDUP:.0f}x",
+                      verdict(r["compiled_speedup"] >= TARGET_SAMPLE_SPEEDUP and r["compiled_identical"])))
         lines.append(("the memory bound of one cached token (weights read / bandwidth of reading 400 MB)",
                       f"{r['weight_bytes'] / 1e6:.0f} MB / {r['bandwidth'] / 1e9:.1f} GB/s = at most {r['bound']:,.0f} "
                       f"tokens/s, {r['bound'] / r['uncached']:.1f}x the uncached rate", "", ""))

@@ -141,6 +141,47 @@ def test_bfloat16_on_mps_is_refused():
         sample.resolve_dtype("bfloat16", "mps")
 
 
+# ----------------------------------------------------------------------------- --compile
+
+@pytest.fixture(scope="module")
+def compiled_cycle_model(cycle_model):
+    """The cycle model as sample.py --compile prepares it, in float32, compiled for batches of 2."""
+    model, sequence = cycle_model
+    compiled = sample.prepare_for_sampling(copy.deepcopy(model), "cpu", torch.float32, compile=True)
+    sample.compile_decode_step(compiled, batch_size=2)
+    yield compiled, sequence
+    torch._inductor.config.freezing = False  # a global switch: leave it as the other tests expect
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_writes_the_eager_greedy_tokens(cycle_model, compiled_cycle_model):
+    (model, _), (compiled, sequence) = cycle_model, compiled_cycle_model
+    prompts = torch.stack([sequence[8:12], torch.tensor([1, 2, 3, 4])])  # one on the cycle, one off it
+    expected = model.generate(prompts, 100, temperature=0)  # the window jumps 5 times
+    assert torch.equal(compiled.generate(prompts, 100, temperature=0), expected)
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_compiles_once_and_never_again_as_the_position_moves(cycle_model):
+    model, sequence = cycle_model
+    torch._dynamo.reset()  # forget other tests' compiles of decode_step: only this model's count
+    compiled = sample.prepare_for_sampling(copy.deepcopy(model), "cpu", torch.float32, compile=True)
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):  # a second compile raises instead of running
+            sample.compile_decode_step(compiled, batch_size=2)
+            compiled.generate(sequence[None, 0:3].repeat(2, 1), 100, temperature=0)  # every position, 5 refills
+            compiled.generate(sequence[None, 0:20].repeat(2, 1), 40, temperature=0.8, top_k=5)  # sampling
+    finally:
+        torch._inductor.config.freezing = False
+        torch._dynamo.reset()
+
+
+def test_compile_without_the_kv_cache_is_refused():
+    with pytest.raises(UserError, match="leave out --no_kv_cache"):
+        sample.parse_args(["--compile", "--no_kv_cache"])
+
+
 # ----------------------------------------------------------------------------- the script
 
 @pytest.fixture(scope="module")
