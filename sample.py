@@ -91,8 +91,6 @@ def prepare_for_sampling(model, device, dtype, compile=False):
     model.eval()
     model.to(dtype)
     if compile:
-        # On a CPU inductor prepacks the weights for oneDNN only if it may treat them as constants.
-        torch._inductor.config.freezing = str(device).startswith("cpu")
         # fullgraph: a graph break would silently split the step into pieces run one after another
         model.decode_step = torch.compile(model.decode_step, mode="reduce-overhead", fullgraph=True)
     cpu_fast_paths.enable(model, device, dtype, compiled=compile)

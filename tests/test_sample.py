@@ -8,12 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import cpu_fast_paths
+import model as model_module
 import sample
 from bench import learn_a_cycle
 from common import UserError
-from conftest import ROOT, TINY_RUN, run_script
+from conftest import ROOT, TEST_DEVICE, TINY_RUN, run_script
 from model import GPT, GPTConfig
 from tokenizer import EOT_TOKEN
 
@@ -143,38 +145,79 @@ def test_bfloat16_on_mps_is_refused():
 
 # ----------------------------------------------------------------------------- --compile
 
-@pytest.fixture(scope="module")
-def compiled_cycle_model(cycle_model):
-    """The cycle model as sample.py --compile prepares it, in float32, compiled for batches of 2."""
-    model, sequence = cycle_model
-    compiled = sample.prepare_for_sampling(copy.deepcopy(model), "cpu", torch.float32, compile=True)
-    sample.compile_decode_step(compiled, batch_size=2)
-    yield compiled, sequence
-    torch._inductor.config.freezing = False  # a global switch: leave it as the other tests expect
+def compiled_copy(model, batch_size):
+    """A copy of model as sample.py --compile prepares it (float32, on TEST_DEVICE), compiled for
+    batch_size stories."""
+    compiled = sample.prepare_for_sampling(copy.deepcopy(model).to(TEST_DEVICE), TEST_DEVICE, torch.float32,
+                                           compile=True)
+    sample.compile_decode_step(compiled, batch_size)
+    return compiled
+
+
+@pytest.fixture
+def fresh_compiles():
+    """Forget earlier compiles of decode_step, before the test (another model's count as
+    recompiles) and after it."""
+    torch._dynamo.reset()
+    counters.clear()
+    yield
     torch._dynamo.reset()
 
 
 @pytest.mark.slow
-def test_compiled_decode_step_writes_the_eager_greedy_tokens(cycle_model, compiled_cycle_model):
-    (model, _), (compiled, sequence) = cycle_model, compiled_cycle_model
+def test_compiled_decode_step_writes_the_eager_greedy_tokens(cycle_model, fresh_compiles):
+    model, sequence = cycle_model
+    compiled = compiled_copy(model, batch_size=2)
     prompts = torch.stack([sequence[8:12], torch.tensor([1, 2, 3, 4])])  # one on the cycle, one off it
-    expected = model.generate(prompts, 100, temperature=0)  # the window jumps 5 times
-    assert torch.equal(compiled.generate(prompts, 100, temperature=0), expected)
+    expected = model.generate(prompts, 100, temperature=0)  # on the CPU, eager; the window jumps 5 times
+    assert torch.equal(compiled.generate(prompts.to(TEST_DEVICE), 100, temperature=0).cpu(), expected)
+
+
+def logits_of_each_step(model, prompt, max_new_tokens, monkeypatch):
+    """The logits generate() draws each token from, one (B, vocab) tensor per step."""
+    steps, sample_next = [], model_module.sample_next
+
+    def recording_sample_next(logits, *args):
+        steps.append(logits.float().cpu())
+        return sample_next(logits, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model_module, "sample_next", recording_sample_next)
+        tokens = model.generate(prompt, max_new_tokens, temperature=0)
+    return tokens, steps
 
 
 @pytest.mark.slow
-def test_compiled_decode_step_compiles_once_and_never_again_as_the_position_moves(cycle_model):
+def test_compiled_decode_step_gives_the_eager_logits_at_every_step(cycle_model, fresh_compiles, monkeypatch):
+    # a new generate() has a new KV cache: the compiled step must read that one, not the warm-up's
     model, sequence = cycle_model
-    torch._dynamo.reset()  # forget other tests' compiles of decode_step: only this model's count
-    compiled = sample.prepare_for_sampling(copy.deepcopy(model), "cpu", torch.float32, compile=True)
-    try:
-        with torch._dynamo.config.patch(error_on_recompile=True):  # a second compile raises instead of running
-            sample.compile_decode_step(compiled, batch_size=2)
-            compiled.generate(sequence[None, 0:3].repeat(2, 1), 100, temperature=0)  # every position, 5 refills
-            compiled.generate(sequence[None, 0:20].repeat(2, 1), 40, temperature=0.8, top_k=5)  # sampling
-    finally:
-        torch._inductor.config.freezing = False
-        torch._dynamo.reset()
+    compiled = compiled_copy(model, batch_size=1)
+    prompt = sequence[None, 2:6]
+    eager_tokens, eager_logits = logits_of_each_step(model, prompt, 70, monkeypatch)
+    compiled_tokens, compiled_logits = logits_of_each_step(compiled, prompt.to(TEST_DEVICE), 70, monkeypatch)
+    assert torch.equal(compiled_tokens.cpu(), eager_tokens)
+    for step, (eager, compiled) in enumerate(zip(eager_logits, compiled_logits)):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4, msg=lambda m: f"step {step}: {m}")
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_compiles_once_and_never_again_as_the_position_moves(cycle_model, fresh_compiles):
+    model, sequence = cycle_model
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a second compile raises instead of running
+        compiled = compiled_copy(model, batch_size=2)
+        prompt = sequence[None, 0:3].repeat(2, 1).to(TEST_DEVICE)
+        compiled.generate(prompt, 100, temperature=0)  # every position, 5 refills
+        compiled.generate(prompt, 40, temperature=0.8, top_k=5)  # sampling
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TEST_DEVICE.startswith("cuda"), reason="CUDA graphs need a GPU: run with TEST_DEVICE=cuda")
+def test_compiled_decode_step_runs_as_a_cuda_graph(cycle_model, fresh_compiles):
+    model, sequence = cycle_model
+    compiled = compiled_copy(model, batch_size=1)
+    compiled.generate(sequence[None, 0:3].to(TEST_DEVICE), 50, temperature=0)
+    assert counters["inductor"]["cudagraph_skips"] == 0  # e.g. "mutated inputs": the cache not a static address
 
 
 def test_compile_without_the_kv_cache_is_refused():
