@@ -247,9 +247,13 @@ class PackedLinear(nn.Linear):
 
 
 class Float32Attention(CausalSelfAttention):
-    """Attention computed in float32 from bf16 queries, keys and values; the result in bf16 again."""
+    """Attention computed in float32 from bf16 queries, keys and values; the result in bf16 again.
+    With a KV cache it reads only the slots up to the last position (the later ones are masked)."""
 
     def attend(self, q, k, v, mask=None):
+        if mask is not None:
+            end = int(mask[-1].sum())  # the last query sees slots 0..end-1
+            k, v, mask = k[:, :, :end], v[:, :, :end], mask[:, :end]
         return super().attend(q.float(), k.float(), v.float(), mask).to(q.dtype)
 
 

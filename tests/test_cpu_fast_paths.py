@@ -219,15 +219,19 @@ def test_packed_linear_with_gradients_is_the_plain_linear():
     assert linear.weight.grad is not None and "_packed" not in linear.__dict__
 
 
-def test_float32_attention_is_sdpa_on_the_inputs_in_float32():
+def test_float32_attention_is_sdpa_in_float32_over_the_visible_slots_only():
     torch.manual_seed(0)
     q, k, v = (torch.randn(8, 6, n, 64, dtype=torch.bfloat16) for n in (1, 100, 100))
+    k[:, :, 60:] = float("nan")  # slots past the visible ones are never read
     attention = cpu_fast_paths.Float32Attention(GPTConfig(**{**CONFIG, "n_embd": 384, "n_head": 6})).eval()
-    visible = torch.arange(100) < 60  # one new token that sees the first 60 of 100 cache slots
-    out = attention.attend(q, k, v, visible[None, :])
+    visible = (torch.arange(100) < 60)[None, :]  # one new token that sees the first 60 of 100 cache slots
+    out = attention.attend(q, k, v, visible)
     assert out.dtype == torch.bfloat16
-    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), visible[None, :]).to(torch.bfloat16)
-    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    expected = F.scaled_dot_product_attention(q.float(), k[:, :, :60].float(), v[:, :, :60].float())
+    torch.testing.assert_close(out, expected.to(torch.bfloat16), rtol=0, atol=0)
+    full_cache = F.scaled_dot_product_attention(q.float(), k.nan_to_num().float(), v.float(), visible)
+    torch.testing.assert_close(attention.attend(q.float(), k.nan_to_num().float(), v.float(), visible), full_cache,
+                               rtol=1e-6, atol=1e-6)  # the same as attending to all slots with the mask
 
 
 @needs_bf16
