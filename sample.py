@@ -19,7 +19,7 @@ import torch
 
 import cpu_fast_paths
 from checkpoint import load_model
-from common import ArgumentParser, UserError, resolve_device, run_main
+from common import ArgumentParser, UserError, first_line, resolve_device, run_main
 from tokenizer import EOT_TOKEN, load_tokenizer
 
 DEFAULT_PROMPT = "Once upon a time"
@@ -46,8 +46,8 @@ def parse_args(argv):
                              "without bf16) and on CPUs with bf16 instructions, float32 elsewhere")
     parser.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context for every token")
     parser.add_argument("--compile", action="store_true",
-                        help="compile the one-token decode step with torch.compile (a CUDA graph on a GPU): "
-                             "a faster step after a compile of a few seconds to a minute, worth it on a GPU")
+                        help="compile the one-token decode step with torch.compile (a CUDA graph on a GPU), "
+                             "after a compile of seconds to a minute; meant for GPUs: on a CPU the eager path is faster")
     parser.add_argument("--stream", action="store_true",
                         help="print as the stories are written (always with --interactive): token by token for "
                              "one story; for several, each story as soon as it and the ones before it are finished")
@@ -221,7 +221,12 @@ def main():
     enc = load_tokenizer()
     if args.compile:
         print("compiling the decode step...", end=" ", file=sys.stderr, flush=True)
-        print(f"{compile_decode_step(model, args.num_samples):.1f}s", file=sys.stderr)
+        try:
+            seconds = compile_decode_step(model, args.num_samples)
+        except Exception as e:  # torch.compile's failures have many types (no C++ compiler, no Triton, ...)
+            print(file=sys.stderr)
+            raise UserError(f"--compile failed: {first_line(e)}; run without --compile") from e
+        print(f"{seconds:.1f}s", file=sys.stderr)
     torch.manual_seed(args.seed)  # once: a session with the same prompts in the same order repeats itself
     if not args.interactive:
         write_stories(model, enc, args.prompt, args)

@@ -15,7 +15,7 @@ import model as model_module
 import sample
 from bench import learn_a_cycle
 from common import UserError
-from conftest import ROOT, TEST_DEVICE, TINY_RUN, run_script
+from conftest import ROOT, TEST_DEVICE, TINY_RUN, assert_clean_error, run_script
 from model import GPT, GPTConfig
 from tokenizer import EOT_TOKEN
 
@@ -325,6 +325,15 @@ def test_interactive_shows_a_prompt_sign_only_on_a_terminal(story_run):
     os.close(script_side)
     assert process.returncode == 0, stderr
     assert stdout.startswith("> Tom found a dog") and stdout.rstrip().endswith(">")
+
+
+@pytest.mark.slow
+def test_a_compile_that_fails_is_a_one_line_error(story_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))  # inductor needs a C++ compiler on a CPU
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
+    result = run_script("sample.py", "--out_dir", story_run, "--max_new_tokens", "5", "--compile", "--device=cpu")
+    assert_clean_error(result, "--compile failed", "C++ compiler", "run without --compile")
+    assert result.stdout == ""
 
 
 def test_interactive_with_a_prompt_flag_is_refused():
