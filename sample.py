@@ -223,7 +223,7 @@ def main():
         print("compiling the decode step...", end=" ", file=sys.stderr, flush=True)
         try:
             seconds = compile_decode_step(model, args.num_samples)
-        except Exception as e:  # torch.compile's failures have many types (no C++ compiler, no Triton, ...)
+        except torch._dynamo.exc.TorchDynamoException as e:  # no C++ compiler for a CPU, no Triton for a GPU, ...
             print(file=sys.stderr)
             raise UserError(f"--compile failed: {first_line(e)}; run without --compile") from e
         print(f"{seconds:.1f}s", file=sys.stderr)

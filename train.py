@@ -33,8 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 import checkpoint
 import config
 import cpu_fast_paths
-from common import (UserError, WriteError, atomic_write, make_output_dir, remove_stale_temp_files, resolve_device,
-                    run_main)
+from common import (UserError, WriteError, atomic_write, first_line, make_output_dir, remove_stale_temp_files,
+                    resolve_device, run_main)
 from data import batch_rng, bits_per_byte, eval_rng, get_batch, load_meta
 from model import GPT, GPTConfig
 
@@ -359,6 +359,18 @@ def explain_write_failures(out_dir):
                         f"`python train.py --init_from=resume --out_dir={out_dir}` (plus your other flags)") from e
 
 
+@contextlib.contextmanager
+def explain_compile_failures(compiled):
+    """torch.compile could not compile the model (no C++ compiler for a CPU, no Triton for a GPU, ...):
+    one line that says so, instead of a page of compiler internals."""
+    try:
+        yield
+    except torch._dynamo.exc.TorchDynamoException as e:
+        if not compiled:
+            raise
+        raise UserError(f"torch.compile failed: {first_line(e)}; run with --compile=false") from e
+
+
 # ----------------------------------------------------------------------------- stopping and logging
 
 class StopRequest:
@@ -478,7 +490,7 @@ def main():
     tracker = start_wandb(wandb, cfg, wandb_run_id) if wandb else None
     save = functools.partial(save_checkpoint, ckpt_path, raw_model, optimizers, scaler, model_args, cfg,
                              world_size=world_size, wandb_run_id=tracker.id if tracker else wandb_run_id)
-    with explain_write_failures(cfg.out_dir):
+    with explain_write_failures(cfg.out_dir), explain_compile_failures(use_compile):
         while True:
             # evaluate, keep the best weights, save the latest state
             if (step % cfg.eval_interval == 0 or step == cfg.max_iters) and step != resumed_at:

@@ -90,6 +90,14 @@ def test_cuda_requested_without_cuda(tiny_data, tmp_path):
     assert_clean_error(train_with(tiny_data, tmp_path / "out", "--device=cuda"), "CUDA is not available")
 
 
+@pytest.mark.slow
+def test_a_compile_that_fails_is_a_one_line_error(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))  # inductor needs a C++ compiler on a CPU
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
+    result = train_with(tiny_data, tmp_path / "out", "--compile=true")
+    assert_clean_error(result, "torch.compile failed", "C++ compiler", "--compile=false")
+
+
 def test_bf16_requested_where_unsupported(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     with pytest.raises(UserError, match="bfloat16 is not supported"):
