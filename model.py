@@ -186,7 +186,7 @@ class GPT(nn.Module):
         token recomputes the whole window: simpler, and slower by the window's length.
         """
         block_size = self.config.block_size
-        cache, cache_start = None, 0
+        cache, cache_start, next_token = None, 0, None
         for _ in range(max_new_tokens):
             start = window_start(idx.size(1), block_size)
             if not kv_cache:
