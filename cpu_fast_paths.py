@@ -265,5 +265,7 @@ class Float32CacheGPT(GPT):
 
 
 class Float32Cache(KVCache):
+    """KVCache in float32 that takes the keys and values as the model computes them (bf16)."""
+
     def update(self, layer, k, v, pos):
         return super().update(layer, k.float(), v.float(), pos)

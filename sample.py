@@ -47,7 +47,7 @@ def parse_args(argv):
     parser.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context for every token")
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step with torch.compile (a CUDA graph on a GPU), "
-                             "after a compile of seconds to a minute; meant for GPUs: on a CPU the eager path is faster")
+                             "after a compile of seconds to a minute; meant for GPUs (on a CPU eager is faster)")
     parser.add_argument("--stream", action="store_true",
                         help="print as the stories are written (always with --interactive): token by token for "
                              "one story; for several, each story as soon as it and the ones before it are finished")
@@ -104,8 +104,9 @@ def compile_decode_step(model, batch_size):
     Its shapes are the same at every position, so it compiles once per batch size and never again
     (tests/test_sample.py checks that no position recompiles it)."""
     started = time.time()
+    # a prompt of one token, then 3 steps: the compile, and on a GPU a CUDA graph's warm-up and recording
     model.generate(torch.zeros((batch_size, 1), dtype=torch.long, device=model.lm_head.weight.device), 4,
-                   temperature=0)  # greedy: draws no random numbers, so --seed gives the same stories
+                   temperature=0)
     return time.time() - started
 
 
