@@ -261,11 +261,4 @@ class Float32CacheGPT(GPT):
     """GPT whose KV cache is float32 whatever its weights: the attention reads it as it is."""
 
     def make_kv_cache(self, batch_size, device):
-        return Float32Cache(self.config, batch_size, device, torch.float32)
-
-
-class Float32Cache(KVCache):
-    """KVCache in float32 that takes the keys and values as the model computes them (bf16)."""
-
-    def update(self, layer, k, v, pos):
-        return super().update(layer, k.float(), v.float(), pos)
+        return KVCache(self.config, batch_size, device, torch.float32)

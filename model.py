@@ -242,10 +242,11 @@ class KVCache:
             torch._dynamo.mark_static_address(t, guard=False)
 
     def update(self, layer, k, v, pos):
-        """Store k, v (B, nh, T, hs) of positions pos (T,) in their slots; return the layer's
-        slots, all of them: (B, nh, block_size, hs) each."""
-        self.k[layer].index_copy_(2, pos, k)
-        self.v[layer].index_copy_(2, pos, v)
+        """Store k, v (B, nh, T, hs) of positions pos (T,) in their slots, in the cache's dtype (it
+        may keep more precision than the model computes in); return the layer's slots, all of
+        them: (B, nh, block_size, hs) each."""
+        self.k[layer].index_copy_(2, pos, k.to(self.k.dtype))
+        self.v[layer].index_copy_(2, pos, v.to(self.v.dtype))
         return self.k[layer], self.v[layer]
 
 
