@@ -376,8 +376,8 @@ def explain_compile_failures(compiled):
 class StopRequest:
     """Turns SIGINT / SIGTERM into a flag, so training stops after the current step and saves."""
 
-    def __init__(self):
-        self.signum = None
+    def __init__(self, announce):
+        self.signum, self.announce = None, announce
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
@@ -385,6 +385,9 @@ class StopRequest:
         if self.signum is not None:  # asked twice: stop now
             raise KeyboardInterrupt
         self.signum = signum
+        if self.announce:  # os.write: a print here could land inside another print and break it
+            os.write(2, f"{signal.Signals(signum).name}: finishing this step, then saving ckpt.pt "
+                        "(a second one stops at once, without saving)\n".encode())
 
     def agree(self, device):
         """Under DDP, stop on every rank if any rank was asked to: all must stop at the same step."""
@@ -483,7 +486,7 @@ def main():
         f"compile {use_compile}, {world_size} process(es) | {tokens_per_step:,} tokens per step | "
         f"optimizer {cfg.optimizer}")
 
-    stop = StopRequest()
+    stop = StopRequest(announce=master)
     saved_step = resumed_at  # the step whose state ckpt.pt on disk holds
     start_time = last_log_time = time.time()
     last_log_step = step

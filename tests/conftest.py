@@ -50,7 +50,12 @@ def write_txt(path, stories):
             f.write(story + "\n<|endoftext|>\n")
 
 
-def run_script(script, *args, cwd=None, timeout=300, file_size_limit=None):
+# Seconds a test waits for a process before it calls it hung: generous, since a busy or slow
+# machine (bf16 emulated, one core) can take minutes for what takes seconds elsewhere.
+PROCESS_TIMEOUT = 1200
+
+
+def run_script(script, *args, cwd=None, timeout=PROCESS_TIMEOUT, file_size_limit=None):
     """Run one of the project's scripts as a user would; return the CompletedProcess.
 
     file_size_limit (bytes): no file the script writes may grow past it (RLIMIT_FSIZE), as on a

@@ -15,7 +15,7 @@ import model as model_module
 import sample
 from bench import learn_a_cycle
 from common import UserError
-from conftest import ROOT, TEST_DEVICE, TINY_RUN, assert_clean_error, run_script
+from conftest import PROCESS_TIMEOUT, ROOT, TEST_DEVICE, TINY_RUN, assert_clean_error, run_script
 from model import GPT, GPTConfig
 from tokenizer import EOT_TOKEN
 
@@ -261,7 +261,8 @@ def interactive(story_run, *flags, stdin=subprocess.PIPE):
 @pytest.mark.slow
 def test_interactive_writes_a_story_for_each_line_until_an_empty_one(story_run):
     process = interactive(story_run)
-    stdout, stderr = process.communicate("Tom found a dog\nLily went to the park\n\nnever read\n", timeout=120)
+    stdout, stderr = process.communicate("Tom found a dog\nLily went to the park\n\nnever read\n",
+                                         timeout=PROCESS_TIMEOUT)
     assert process.returncode == 0, stderr
     lines = stdout.splitlines()
     assert any(line.startswith("Tom found a dog") for line in lines)
@@ -273,7 +274,7 @@ def test_interactive_writes_a_story_for_each_line_until_an_empty_one(story_run):
 @pytest.mark.slow
 def test_interactive_ends_cleanly_at_the_end_of_input(story_run):
     process = interactive(story_run)
-    stdout, stderr = process.communicate("Tom found a dog\n", timeout=120)
+    stdout, stderr = process.communicate("Tom found a dog\n", timeout=PROCESS_TIMEOUT)
     assert process.returncode == 0, stderr
     assert stdout.startswith("Tom found a dog") and "Traceback" not in stderr
 
@@ -287,7 +288,7 @@ def test_interactive_ends_cleanly_on_ctrl_c(story_run):
     while "tokens/s]" not in process.stderr.readline():
         pass
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "interrupted" not in stderr
 
@@ -296,7 +297,7 @@ def test_interactive_ends_cleanly_on_ctrl_c(story_run):
 def test_interactive_applies_the_flags_to_every_prompt(story_run):
     flags = ["--temperature", "0", "--dtype", "float32"]
     process = interactive(story_run, *flags)
-    stdout, stderr = process.communicate("Tom found a dog\nLily went to the park\n", timeout=120)
+    stdout, stderr = process.communicate("Tom found a dog\nLily went to the park\n", timeout=PROCESS_TIMEOUT)
     assert process.returncode == 0, stderr
     one_at_a_time = ""
     for prompt in ("Tom found a dog", "Lily went to the park"):
@@ -309,7 +310,7 @@ def test_interactive_applies_the_flags_to_every_prompt(story_run):
 @pytest.mark.slow
 def test_interactive_reports_a_prompt_that_is_too_long_and_goes_on(story_run):
     process = interactive(story_run)
-    stdout, stderr = process.communicate("Once upon a time " * 20 + "\nTom found a dog\n", timeout=120)
+    stdout, stderr = process.communicate("Once upon a time " * 20 + "\nTom found a dog\n", timeout=PROCESS_TIMEOUT)
     assert process.returncode == 0, stderr
     assert "error: the prompt is" in stderr and "Traceback" not in stderr
     assert stdout.startswith("Tom found a dog")
@@ -320,7 +321,7 @@ def test_interactive_shows_a_prompt_sign_only_on_a_terminal(story_run):
     user_side, script_side = os.openpty()  # a terminal: the script reads its stdin from script_side
     process = interactive(story_run, stdin=script_side)
     os.write(user_side, b"Tom found a dog\n\n")  # typed: a prompt, then an empty line
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT)
     os.close(user_side)
     os.close(script_side)
     assert process.returncode == 0, stderr

@@ -9,14 +9,15 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY_RUN, assert_clean_error
+from conftest import PROCESS_TIMEOUT, ROOT, TINY_RUN, assert_clean_error
 
 
 def train_offline(tiny_data, out_dir, *flags):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={tiny_data}",
                            f"--out_dir={out_dir}", *TINY_RUN, "--wandb_log=true", "--wandb_project=tests",
-                           "--wandb_run_name=tiny", *flags], capture_output=True, text=True, timeout=300, env=env)
+                           "--wandb_run_name=tiny", *flags], capture_output=True, text=True,
+                          timeout=PROCESS_TIMEOUT, env=env)
 
 
 def wandb_records(path):
@@ -92,6 +93,6 @@ def test_wandb_log_without_the_wandb_package_says_how_to_install_it(tiny_data, t
                   "runpy.run_path(sys.argv[0], run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", hide_wandb, os.path.join(ROOT, "train.py"), f"--data_dir={tiny_data}",
                              f"--out_dir={tmp_path}", *TINY_RUN, "--wandb_log=true", "--max_iters=1"],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
     assert_clean_error(result, "needs the wandb package", "pip install wandb")
     assert not (tmp_path / "ckpt.pt").exists()  # refused before any work

@@ -17,7 +17,7 @@ import checkpoint
 import config
 from checkpoint import load_checkpoint
 from common import UserError
-from conftest import ROOT, TINY_RUN, assert_clean_error, run_script
+from conftest import PROCESS_TIMEOUT, ROOT, TINY_RUN, assert_clean_error, run_script
 from model import GPT, GPTConfig
 from train import get_lr, make_optimizers, resume, rng_state, set_learning_rates, train_step, training_batch
 
@@ -189,6 +189,26 @@ def wait_for_step(process, step):
     raise AssertionError(f"training ended before step {step}: {process.stderr.read()}")
 
 
+def kill_at_a_random_moment(process, rng):
+    """kill -9 `process` at a random moment of its saving-every-step phase; False if it finished first.
+
+    The moment is drawn after two steps are logged (so at least one step's checkpoint is on disk),
+    within the next two steps as long as this machine takes for one, however slow or busy it is."""
+    logged = []
+    for line in process.stdout:
+        if line.startswith("step "):
+            logged.append(time.monotonic())
+            if len(logged) == 2:
+                time.sleep(rng.uniform(0, 2 * (logged[1] - logged[0])))
+                break
+    if process.poll() is not None:
+        assert process.wait() == 0, process.stderr.read()
+        return False
+    process.kill()
+    process.wait()
+    return True
+
+
 @pytest.mark.slow
 def test_sigterm_and_sigint_save_the_state_and_say_how_to_resume(tiny_data, tmp_path):
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -196,9 +216,10 @@ def test_sigterm_and_sigint_save_the_state_and_say_how_to_resume(tiny_data, tmp_
         process = start_training(tiny_data, out_dir, "--max_iters=1000", "--eval_interval=1000")
         wait_for_step(process, 3)
         process.send_signal(sig)
-        stdout, stderr = process.communicate(timeout=60)
+        stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT)
         assert process.returncode == 128 + sig, stderr
         assert "--init_from=resume" in stdout and "Traceback" not in stderr
+        assert f"{sig.name}: finishing this step, then saving ckpt.pt" in stderr
         step = load_checkpoint(str(out_dir / "ckpt.pt"))["step"]
         assert step >= 3
         resumed = train(tiny_data, out_dir, "--init_from=resume", f"--max_iters={step + 2}", "--eval_interval=1000")
@@ -212,10 +233,7 @@ def test_kill_9_at_random_moments_never_leaves_an_unloadable_checkpoint(tiny_dat
     flags = ["--max_iters=400", "--eval_interval=3", "--checkpoint_interval=1"]  # saves all the time
     for attempt in range(10):
         resume = ["--init_from=resume"] if (tmp_path / "ckpt.pt").exists() else ["--overwrite=true"]
-        process = start_training(tiny_data, tmp_path, *flags, *resume)
-        time.sleep(rng.uniform(2.0, 4.5))  # start-up takes ~2 s; then it saves about every step
-        process.kill()
-        process.wait()
+        assert kill_at_a_random_moment(start_training(tiny_data, tmp_path, *flags, *resume), rng)
         for name in ("ckpt.pt", "best_model_params.pt"):
             if (tmp_path / name).exists():
                 assert isinstance(torch.load(tmp_path / name, weights_only=True), dict), (attempt, name)
@@ -243,17 +261,16 @@ def test_nan_loss_stops_without_touching_the_best_weights(tiny_data, tmp_path, o
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tiny_data, tmp_path):
-    # big steps (seconds), and the first Ctrl-C well inside step 2: the second one must land while
-    # the first is still waiting for its step to end, not while the process is already exiting
-    # (Python has no handler left then, and the signal kills it)
+    # big steps (seconds), the first Ctrl-C as step 2 begins and the second as soon as train.py has
+    # taken the first: it must land while the first is still waiting for its step to end, not while
+    # the process is already exiting (Python has no handler left then, and the signal kills it)
     process = start_training(tiny_data, tmp_path, "--max_iters=1000", "--eval_interval=1000",
                              "--gradient_accumulation_steps=128")
     wait_for_step(process, 1)
-    time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    time.sleep(0.2)
+    assert any(line.startswith("SIGINT: finishing this step, then saving ckpt.pt") for line in process.stderr)
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
     assert "stopped by SIGINT" not in stdout
@@ -334,14 +351,11 @@ def test_killed_at_random_and_resumed_until_done_equals_an_uninterrupted_run(tin
         resume = ["--init_from=resume"] if (out_dir / "ckpt.pt").exists() else ["--overwrite=true"]
         process = start_training(tiny_data, out_dir, *flags, *resume)
         if kills == 6:  # enough: let it finish
-            assert process.wait(timeout=300) == 0, process.stderr.read()
+            stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT)
+            assert process.returncode == 0, stderr
             break
-        time.sleep(rng.uniform(2.0, 3.5))  # start-up takes ~2 s; then it saves every step
-        if process.poll() is not None:  # finished before the kill: start over the last part
-            assert process.returncode == 0, process.stderr.read()
+        if not kill_at_a_random_moment(process, rng):  # it finished first
             break
-        process.kill()
-        process.wait()
         kills += 1
     assert kills >= 5
     a, b = load_checkpoint(str(tmp_path / "straight/ckpt.pt")), load_checkpoint(str(out_dir / "ckpt.pt"))
