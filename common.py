@@ -131,6 +131,29 @@ def remove_stale_temp_files(folder):
             os.remove(os.path.join(folder, name))
 
 
+def native_bf16(device_type):
+    """True where bfloat16 arithmetic runs in hardware: CUDA GPUs from Ampere on, CPUs with
+    AVX512-BF16 or AMX. Elsewhere bf16 is emulated (many times slower than float32) or missing (MPS)."""
+    import torch
+
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        capabilities = torch.cpu.get_capabilities()
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return False
+
+
+def warn_if_bf16_is_emulated(device_type):
+    """One line on stderr for a user who asked for --dtype=bfloat16 where it is emulated."""
+    if not native_bf16(device_type):
+        faster = "float16" if device_type == "cuda" else "float32"
+        device = {"cpu": "CPU", "cuda": "GPU"}.get(device_type, device_type)
+        print(f"warning: this {device} has no bfloat16 arithmetic (it is emulated), so --dtype=bfloat16 runs "
+              f"many times slower than --dtype={faster}, which is faster here (--dtype=auto picks it)",
+              file=sys.stderr)
+
+
 def resolve_device(name, local_rank=0, distributed=False):
     """The torch device to use; 'auto' = cuda > mps > cpu. Under DDP each rank takes its own GPU."""
     import torch

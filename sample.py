@@ -19,7 +19,8 @@ import torch
 
 import cpu_fast_paths
 from checkpoint import load_model
-from common import ArgumentParser, UserError, first_line, resolve_device, run_main
+from common import (ArgumentParser, UserError, first_line, native_bf16, resolve_device, run_main,
+                    warn_if_bf16_is_emulated)
 from tokenizer import EOT_TOKEN, load_tokenizer
 
 DEFAULT_PROMPT = "Once upon a time"
@@ -76,11 +77,13 @@ def resolve_dtype(name, device):
     kind = device.split(":")[0]
     if name == "auto":
         if kind == "cuda":
-            name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            name = "bfloat16" if native_bf16("cuda") else "float16"
         else:
             name = "bfloat16" if kind == "cpu" and cpu_fast_paths.fast_bf16() else "float32"
     if name == "bfloat16" and (kind == "mps" or kind == "cuda" and not torch.cuda.is_bf16_supported()):
         raise UserError(f"--dtype=bfloat16 is not supported on this {kind} device; use --dtype=float16 or float32")
+    if name == "bfloat16":
+        warn_if_bf16_is_emulated(kind)
     return DTYPES[name]
 
 

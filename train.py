@@ -33,8 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 import checkpoint
 import config
 import cpu_fast_paths
-from common import (UserError, WriteError, atomic_write, first_line, make_output_dir, remove_stale_temp_files,
-                    resolve_device, run_main)
+from common import (UserError, WriteError, atomic_write, first_line, make_output_dir, native_bf16,
+                    remove_stale_temp_files, resolve_device, run_main, warn_if_bf16_is_emulated)
 from data import batch_rng, bits_per_byte, eval_rng, get_batch, load_meta
 from model import GPT, GPTConfig
 
@@ -63,7 +63,7 @@ def resolve_dtype(name, device_type):
     """The autocast dtype: 'auto' = bfloat16 on a GPU that has it, else float16 on CUDA, float32 elsewhere."""
     bf16_ok = {"cuda": device_type == "cuda" and torch.cuda.is_bf16_supported(), "cpu": True, "mps": False}[device_type]
     if name == "auto":
-        name = "bfloat16" if bf16_ok and device_type == "cuda" else "float16" if device_type == "cuda" else "float32"
+        name = "float32" if device_type != "cuda" else "bfloat16" if native_bf16("cuda") else "float16"
     if name == "bfloat16" and not bf16_ok:
         raise UserError(f"--dtype=bfloat16 is not supported on this {device_type} device; use --dtype=float16 or float32")
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
@@ -435,6 +435,8 @@ def main():
     device = resolve_device(cfg.device, local_rank, torch.distributed.is_initialized())
     device_type = device.split(":")[0]
     dtype = resolve_dtype(cfg.dtype, device_type)
+    if dtype == torch.bfloat16 and master:
+        warn_if_bf16_is_emulated(device_type)
     if cfg.gradient_accumulation_steps % world_size:
         raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be divisible by "
                         f"the number of processes ({world_size}) to keep the global batch")

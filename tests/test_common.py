@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import train
+import common
 from common import ArgumentParser, UserError, WriteError, atomic_write
 from conftest import ROOT
 
@@ -80,3 +81,34 @@ def test_traceback_env_prints_the_cause_behind_the_one_line_error(tmp_path):
         assert "is corrupt or truncated" in result.stderr
     assert "Traceback" not in plain.stderr
     assert "Traceback" in verbose.stderr and "The above exception was the direct cause" in verbose.stderr
+
+
+@pytest.mark.parametrize("device_type, faster", [("cpu", "float32"), ("cuda", "float16")])
+def test_asking_for_bfloat16_where_it_is_emulated_warns_in_one_line_and_names_the_faster_dtype(
+        monkeypatch, capsys, device_type, faster):
+    monkeypatch.setattr(common, "native_bf16", lambda kind: False)
+    common.warn_if_bf16_is_emulated(device_type)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "emulated" in lines[0]
+    assert f"--dtype={faster}, which is faster here" in lines[0]
+    monkeypatch.setattr(common, "native_bf16", lambda kind: True)
+    common.warn_if_bf16_is_emulated(device_type)
+    assert capsys.readouterr().err == ""
+
+
+def test_sample_py_warns_about_emulated_bfloat16_only_when_asked_for_it(monkeypatch, capsys):
+    import sample
+
+    monkeypatch.setattr(common, "native_bf16", lambda kind: False)
+    monkeypatch.setattr(sample.cpu_fast_paths, "fast_bf16", lambda: False)
+    assert sample.resolve_dtype("auto", "cpu") == torch.float32  # auto never picks emulated bf16
+    assert capsys.readouterr().err == ""
+    assert sample.resolve_dtype("bfloat16", "cpu") == torch.bfloat16  # asked for: done, with the warning
+    assert capsys.readouterr().err.startswith("warning: this CPU has no bfloat16 arithmetic")
+
+
+def test_native_bf16_follows_the_cpus_instructions(monkeypatch):
+    for flags, expected in (({"avx512_bf16": True}, True), ({"amx_bf16": True}, True), ({"avx2": True}, False)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+        assert common.native_bf16("cpu") is expected
+    assert common.native_bf16("mps") is False
