@@ -419,7 +419,9 @@ def machine():
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    text = f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    bf16 = [flag for flag in ("avx512_bf16", "amx_bf16") if torch.cpu.get_capabilities().get(flag)]
+    text = (f"{name} ({', '.join(bf16) if bf16 else 'no avx512_bf16/amx_bf16: bf16 emulated'}), {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads")
     if torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name()}"
     return text

@@ -42,7 +42,7 @@ from common import ArgumentParser, UserError, resolve_device, run_main
 from eval import evaluate
 from model import GPT, GPTConfig
 from tokenizer import VOCAB_SIZE, load_tokenizer
-from train import make_optimizers, set_learning_rates, train_step, training_batch
+from train import Float32Muon, make_optimizers, set_learning_rates, train_step, training_batch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TARGET_STEP_FRACTION = 0.70  # Muon reaches the best AdamW's final loss in at most this share of its steps
@@ -62,6 +62,8 @@ def parse_args(argv):
                         help="the best Muon's second run has this fraction of --steps")
     parser.add_argument("--adamw_budget", type=float, default=1.5,
                         help="the best AdamW's second run has this multiple of --steps")
+    parser.add_argument("--muon_dtype", default="auto", choices=config.CHOICES["muon_dtype"],
+                        help="Muon's orthogonalization dtype, as train.py's knob (auto: bf16 where the device computes it)")
     parser.add_argument("--eval_every", type=int, default=100, help="validation pass every this many sweep steps")
     parser.add_argument("--n_layer", type=int, default=4)
     parser.add_argument("--n_head", type=int, default=4)
@@ -120,7 +122,7 @@ def new_run(args, data_dir, optimizer, lr, steps, device):
         f"--warmup_iters={args.warmup}", f"--lr_decay_iters={steps}", f"--n_layer={args.n_layer}",
         f"--n_head={args.n_head}", f"--n_embd={args.n_embd}", f"--block_size={args.block_size}",
         f"--batch_size={args.batch_size}", "--gradient_accumulation_steps=1", "--dropout=0", f"--seed={args.seed}",
-        f"--device={args.device}", "--dtype=float32", "--compile=false"])
+        f"--device={args.device}", "--dtype=float32", "--compile=false", f"--muon_dtype={args.muon_dtype}"])
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(vocab_size=VOCAB_SIZE, block_size=cfg.block_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)).to(device)
@@ -129,6 +131,12 @@ def new_run(args, data_dir, optimizer, lr, steps, device):
     return SimpleNamespace(optimizer=optimizer, lr=lr, steps=steps, cfg=cfg, model=model,
                            optimizers=make_optimizers(model, cfg, device_type),
                            scaler=torch.amp.GradScaler(device_type, enabled=False), seconds=0.0, val={})
+
+
+def muon_dtype(runs):
+    """The dtype Muon orthogonalized in: torch.optim.Muon's bfloat16, or train.Float32Muon's float32."""
+    muon = next(run.optimizers["muon"] for run in runs if run.optimizer == "muon")
+    return "float32" if isinstance(muon, Float32Muon) else "bfloat16"
 
 
 def label(run):
@@ -232,7 +240,7 @@ def report(args, sweep, best, budgets, val_tokens, device, seconds, foreign):
     lines = [f"\n## {datetime.datetime.now():%Y-%m-%d %H:%M}: `{command}`\n",
              f"{machine()}; torch {torch.__version__}; device {device}; {seconds / 60:.1f} min; other processes used "
              f"{100 * foreign:.0f}% of the CPUs meanwhile. Model: {args.n_layer} layers x {args.n_embd} wide, "
-             f"context {args.block_size}, no dropout, float32. Every run: {args.batch_size} x {args.block_size} tokens "
+             f"context {args.block_size}, no dropout, float32, Muon's orthogonalization {muon_dtype(sweep)}. Every run: {args.batch_size} x {args.block_size} tokens "
              f"a step, the same batches and initial weights, warmup {args.warmup} steps, then cosine to a tenth of "
              f"each peak; Muon runs train the embeddings, biases and LayerNorms with AdamW at {args.muon_adamw_lr:g}. "
              f"Loss: eval.py's pass over the whole validation split ({val_tokens:,} tokens)."

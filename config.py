@@ -48,6 +48,7 @@ grad_clip = 1.0  # clip the global gradient norm to this; 0 disables clipping
 muon_lr = 0.02  # Muon's peak learning rate (--optimizer=muon); it follows learning_rate's warmup and cosine
 muon_momentum = 0.95  # Muon's Nesterov momentum
 muon_weight_decay = 0.0  # Muon's decoupled weight decay (each step shrinks its weights by lr * this)
+muon_dtype = "auto"  # Muon's orthogonalization: 'auto' = bfloat16 where the device computes it (CUDA, AVX512-BF16/AMX CPUs), else float32
 
 # --- schedule, counted in optimizer steps ---
 max_iters = 5000  # optimizer steps in the whole run
@@ -70,6 +71,7 @@ CHOICES = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "compile": ("auto", "true", "false"),
     "optimizer": ("adamw", "muon"),
+    "muon_dtype": ("auto", "float32", "bfloat16"),
 }
 
 
