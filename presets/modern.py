@@ -1,5 +1,5 @@
-# The modern block: python train.py presets/modern.py (add it after another preset to combine, e.g.
-# python train.py presets/gpu_muon.py presets/modern.py)
+# The modern block: python train.py presets/modern.py (give it after a recipe to combine them, e.g.
+# python train.py presets/gpu.py presets/modern.py)
 #
 # modded-nanogpt's and nanochat's changes to GPT-2's block, as config.py's model options: rotary
 # position embeddings instead of the learned position table, RMS-normalized queries and keys,
