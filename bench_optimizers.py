@@ -336,7 +336,8 @@ def report_archs(args, sweep, best, budgets, val_tokens, device, seconds, foreig
         # equal wall-clock: the steps `new` takes in the time `base` took for all of its steps
         same_time = base.steps / ratio
         if short is not None and short.steps <= same_time <= new.steps:
-            loss = final_loss(short) + (final_loss(new) - final_loss(short)) * (same_time - short.steps) / (new.steps - short.steps)
+            share = (same_time - short.steps) / (new.steps - short.steps)
+            loss = final_loss(short) + (final_loss(new) - final_loss(short)) * share
             lines.append(f"| {who}, val loss in {base_arch}'s {base.seconds:.0f} s ({same_time:.0f} of its steps; "
                          f"between its {short.steps}- and {new.steps}-step schedules) | {loss:.4f} vs "
                          f"{final_loss(base):.4f} |  |  |")
@@ -353,7 +354,8 @@ def report_archs(args, sweep, best, budgets, val_tokens, device, seconds, foreig
         lines += [f"| {who}, steps to reach {base_arch}'s {final_loss(base):.4f} | {at_most}{steps:.0f} "
                   f"({steps / base.steps:.0%}) | <= {TARGET_STEP_FRACTION:.0%} | "
                   f"{verdict(steps <= TARGET_STEP_FRACTION * base.steps)} |",
-                  f"| {who}, wall-clock to reach it | {at_most}{wall:.0f} / {base.seconds:.0f} s ({wall / base.seconds:.0%}) "
+                  f"| {who}, wall-clock to reach it | {at_most}{wall:.0f} / {base.seconds:.0f} s "
+                  f"({wall / base.seconds:.0%}) "
                   f"| <= {TARGET_STEP_FRACTION:.0%} | {verdict(wall <= TARGET_STEP_FRACTION * base.seconds)} |"]
     return "\n".join(lines) + "\n"
 
