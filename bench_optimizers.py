@@ -16,6 +16,12 @@ optimizers. Quality is eval.py's deterministic pass over the whole validation sp
      AdamW's final loss in 70% of its steps), and the best AdamW with --adamw_budget x steps
      (does AdamW reach Muon's final loss, and in how many steps).
 
+With --archs=gpt2,modern every run of the sweep is made for each model: GPT-2's block and the
+block of presets/modern.py (any presets/NAME.py of model options can be named). Phase 2 then gives
+each optimizer's best run of the second model a schedule of --arch_budget x steps (0: none), and
+the verdicts compare the second model with the first under each optimizer: at equal steps, the
+steps and wall-clock it needs to reach the first's final loss, its loss at the first's wall-clock.
+
 Steps to reach a loss are read from these fully decayed runs of different lengths, interpolated
 linearly in loss between two budgets; the loss along one run's curve (still at a high learning
 rate) would overstate them. Wall-clock is the training time alone (evaluation excluded). All
@@ -42,7 +48,7 @@ from common import ArgumentParser, UserError, resolve_device, run_main
 from eval import evaluate
 from model import GPT, GPTConfig
 from tokenizer import VOCAB_SIZE, load_tokenizer
-from train import Float32Muon, make_optimizers, set_learning_rates, train_step, training_batch
+from train import Float32Muon, architecture, make_optimizers, set_learning_rates, train_step, training_batch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TARGET_STEP_FRACTION = 0.70  # Muon reaches the best AdamW's final loss in at most this share of its steps
@@ -63,7 +69,12 @@ def parse_args(argv):
     parser.add_argument("--adamw_budget", type=float, default=1.5,
                         help="the best AdamW's second run has this multiple of --steps")
     parser.add_argument("--muon_dtype", default="auto", choices=config.CHOICES["muon_dtype"],
-                        help="Muon's orthogonalization dtype, as train.py's knob (auto: bf16 where the device computes it)")
+                        help="Muon's orthogonalization dtype, as train.py's knob (auto: bf16 where the device has it)")
+    parser.add_argument("--archs", default="gpt2",
+                        help="models to compare, comma-separated: gpt2 (GPT-2's block), or NAME for presets/NAME.py's "
+                             "model options, e.g. gpt2,modern")
+    parser.add_argument("--arch_budget", type=float, default=TARGET_STEP_FRACTION,
+                        help="with two --archs: the second's best runs get this fraction of --steps (0: no such runs)")
     parser.add_argument("--eval_every", type=int, default=100, help="validation pass every this many sweep steps")
     parser.add_argument("--n_layer", type=int, default=4)
     parser.add_argument("--n_head", type=int, default=4)
@@ -86,9 +97,20 @@ def parse_args(argv):
         raise UserError(f"--text {args.text} does not exist")
     if args.steps < 2 or not 0 <= args.warmup < args.steps or args.eval_every < 1:
         raise UserError("need --steps >= 2, 0 <= --warmup < --steps and --eval_every >= 1")
-    if not 0 < args.muon_budget <= 1 or args.adamw_budget < 1:
-        raise UserError("need 0 < --muon_budget <= 1 and --adamw_budget >= 1")
+    if not 0 < args.muon_budget <= 1 or args.adamw_budget < 1 or not 0 <= args.arch_budget < 1:
+        raise UserError("need 0 < --muon_budget <= 1, --adamw_budget >= 1 and 0 <= --arch_budget < 1")
+    args.archs = args.archs.split(",")
+    for arch in args.archs:
+        if arch != "gpt2" and not os.path.isfile(arch_preset(arch)[0]):
+            raise UserError(f"--archs: no presets/{arch}.py; name gpt2 or a preset of model options, e.g. modern")
+    if len(args.archs) > 2 or len(set(args.archs)) != len(args.archs):
+        raise UserError("--archs takes one model, or two to compare (e.g. gpt2,modern)")
     return args
+
+
+def arch_preset(arch):
+    """The preset file whose model options make `arch` (none for gpt2, config.py's defaults)."""
+    return [] if arch == "gpt2" else [os.path.join(ROOT, "presets", f"{arch}.py")]
 
 
 # ----------------------------------------------------------------------------- data
@@ -112,11 +134,11 @@ def prepare_text(path, data_dir):
 
 # ----------------------------------------------------------------------------- runs
 
-def new_run(args, data_dir, optimizer, lr, steps, device):
+def new_run(args, data_dir, optimizer, lr, steps, device, arch="gpt2"):
     """A model from the seed's initial weights and its optimizers, built as train.py builds them
-    from these flags: `optimizer` at peak `lr`, a schedule over `steps`."""
+    from these flags: the model options of `arch`, `optimizer` at peak `lr`, a schedule over `steps`."""
     adamw_lr = lr if optimizer == "adamw" else args.muon_adamw_lr
-    cfg = config.parse_args([
+    cfg = config.parse_args(arch_preset(arch) + [
         f"--data_dir={data_dir}", f"--optimizer={optimizer}", f"--learning_rate={adamw_lr}", f"--min_lr={adamw_lr / 10}",
         f"--muon_lr={lr if optimizer == 'muon' else config.muon_lr}", f"--max_iters={steps}",
         f"--warmup_iters={args.warmup}", f"--lr_decay_iters={steps}", f"--n_layer={args.n_layer}",
@@ -124,23 +146,23 @@ def new_run(args, data_dir, optimizer, lr, steps, device):
         f"--batch_size={args.batch_size}", "--gradient_accumulation_steps=1", "--dropout=0", f"--seed={args.seed}",
         f"--device={args.device}", "--dtype=float32", "--compile=false", f"--muon_dtype={args.muon_dtype}"])
     torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(vocab_size=VOCAB_SIZE, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)).to(device)
+    model = GPT(GPTConfig(**architecture(cfg, VOCAB_SIZE))).to(device)
     cpu_fast_paths.enable(model, device)  # as train.py: only on a CPU in float32
     device_type = device.split(":")[0]
-    return SimpleNamespace(optimizer=optimizer, lr=lr, steps=steps, cfg=cfg, model=model,
+    return SimpleNamespace(arch=arch, optimizer=optimizer, lr=lr, steps=steps, cfg=cfg, model=model,
                            optimizers=make_optimizers(model, cfg, device_type),
                            scaler=torch.amp.GradScaler(device_type, enabled=False), seconds=0.0, val={})
 
 
 def muon_dtype(runs):
     """The dtype Muon orthogonalized in: torch.optim.Muon's bfloat16, or train.Float32Muon's float32."""
-    muon = next(run.optimizers["muon"] for run in runs if run.optimizer == "muon")
+    muon = next(run.optimizers["muon"] for run in runs if run.optimizer == "muon")  # (every sweep has Muon runs)
     return "float32" if isinstance(muon, Float32Muon) else "bfloat16"
 
 
 def label(run):
-    return f"{'AdamW' if run.optimizer == 'adamw' else 'Muon'} lr {run.lr:g}, {run.steps} steps"
+    arch = "" if run.arch == "gpt2" else f"{run.arch}, "
+    return f"{arch}{'AdamW' if run.optimizer == 'adamw' else 'Muon'} lr {run.lr:g}, {run.steps} steps"
 
 
 def final_loss(run):
@@ -210,21 +232,32 @@ def main():
               f"training and {len(tokens['validation']):,} validation tokens", flush=True)
 
         print(f"1. sweep, {args.steps} steps each", flush=True)
-        sweep = [new_run(args, data_dir, "adamw", lr, args.steps, device) for lr in args.adamw_lrs] + \
-                [new_run(args, data_dir, "muon", lr, args.steps, device) for lr in args.muon_lrs]
+        sweep = [new_run(args, data_dir, optimizer, lr, args.steps, device, arch) for arch in args.archs
+                 for optimizer, lrs in (("adamw", args.adamw_lrs), ("muon", args.muon_lrs)) for lr in lrs]
         train_in_turn(sweep, tokens["validation"], set(range(args.eval_every, args.steps, args.eval_every)), device)
-        best = {name: min((run for run in sweep if run.optimizer == name), key=final_loss) for name in ("adamw", "muon")}
+        best = {(arch, name): min((run for run in sweep if (run.arch, run.optimizer) == (arch, name)), key=final_loss)
+                for arch in args.archs for name in ("adamw", "muon")}
 
-        print("2. budgets: the best Muon with fewer steps, the best AdamW with more", flush=True)
-        budgets = [new_run(args, data_dir, "muon", best["muon"].lr, round(args.muon_budget * args.steps), device),
-                   new_run(args, data_dir, "adamw", best["adamw"].lr, round(args.adamw_budget * args.steps), device)]
+        if len(args.archs) == 1:
+            print("2. budgets: the best Muon with fewer steps, the best AdamW with more", flush=True)
+            arch = args.archs[0]
+            budgets = [new_run(args, data_dir, "muon", best[arch, "muon"].lr, round(args.muon_budget * args.steps),
+                               device, arch),
+                       new_run(args, data_dir, "adamw", best[arch, "adamw"].lr, round(args.adamw_budget * args.steps),
+                               device, arch)]
+            best = {name: best[arch, name] for name in ("adamw", "muon")}
+        else:
+            print(f"2. budgets: the best {args.archs[1]} runs with fewer steps", flush=True)
+            budgets = [new_run(args, data_dir, name, best[args.archs[1], name].lr, round(args.arch_budget * args.steps),
+                               device, args.archs[1]) for name in ("adamw", "muon") if args.arch_budget]
         train_in_turn(budgets, tokens["validation"], set(), device)
 
     seconds = time.time() - started
     (busy_before, own_before), (busy_after, own_after) = cpu_before, cpu_seconds()
     # what other processes took of the CPUs while this ran: their noise is in the times
     foreign = max(0.0, (busy_after - busy_before) - (own_after - own_before)) / (seconds * os.cpu_count())
-    record = report(args, sweep, best, budgets, len(tokens["validation"]), device, seconds, foreign)
+    make_report = report if len(args.archs) == 1 else report_archs
+    record = make_report(args, sweep, best, budgets, len(tokens["validation"]), device, seconds, foreign)
     print(record)
     if not args.no_record:
         with open(args.output, "a") as f:
@@ -232,26 +265,34 @@ def main():
         print(f"appended to {args.output}")
 
 
+def sweep_table(args, sweep, best, val_tokens, device, seconds, foreign):
+    """The start of a BENCHMARKS.md section: the settings, and the sweep's losses and times."""
+    command = shlex.join(["python", "bench_optimizers.py"] + sys.argv[1:])
+    models = " and ".join("GPT-2's block" if arch == "gpt2" else f"presets/{arch}.py's" for arch in args.archs)
+    lines = [f"\n## {datetime.datetime.now():%Y-%m-%d %H:%M}: `{command}`\n",
+             f"{machine()}; torch {torch.__version__}; device {device}; {seconds / 60:.1f} min; other processes used "
+             f"{100 * foreign:.0f}% of the CPUs meanwhile. Model: {args.n_layer} layers x {args.n_embd} wide, "
+             f"context {args.block_size}, no dropout, float32, {models}, Muon's orthogonalization in "
+             f"{muon_dtype(sweep)}. Every run: {args.batch_size} x "
+             f"{args.block_size} tokens a step, the same batches and initial weights, warmup {args.warmup} steps, "
+             f"then cosine to a tenth of each peak; Muon runs train the embeddings, biases and LayerNorms with AdamW "
+             f"at {args.muon_adamw_lr:g}. Loss: eval.py's pass over the whole validation split ({val_tokens:,} tokens)."
+             + (f"\n\n{args.note}" if args.note else "") + "\n"]
+    evals = sorted(sweep[0].val)
+    lines += ["| run | " + " | ".join(f"val loss @{step}" for step in evals) + " | training time | per step |",
+              "|---|" + "---|" * (len(evals) + 2)]
+    for run in sweep:
+        lines.append(f"| {label(run)}{' (best)' if run in best.values() else ''} | "
+                     + " | ".join(f"{run.val[step]:.4f}" for step in evals)
+                     + f" | {run.seconds:.0f} s | {ms_per_step(run):.0f} ms |")
+    return lines
+
+
 def report(args, sweep, best, budgets, val_tokens, device, seconds, foreign):
     """The BENCHMARKS.md section: the settings, the sweep's losses and times, the verdicts."""
     adamw, muon = best["adamw"], best["muon"]
     muon_short, adamw_long = budgets
-    command = shlex.join(["python", "bench_optimizers.py"] + sys.argv[1:])
-    lines = [f"\n## {datetime.datetime.now():%Y-%m-%d %H:%M}: `{command}`\n",
-             f"{machine()}; torch {torch.__version__}; device {device}; {seconds / 60:.1f} min; other processes used "
-             f"{100 * foreign:.0f}% of the CPUs meanwhile. Model: {args.n_layer} layers x {args.n_embd} wide, "
-             f"context {args.block_size}, no dropout, float32, Muon's orthogonalization {muon_dtype(sweep)}. Every run: {args.batch_size} x {args.block_size} tokens "
-             f"a step, the same batches and initial weights, warmup {args.warmup} steps, then cosine to a tenth of "
-             f"each peak; Muon runs train the embeddings, biases and LayerNorms with AdamW at {args.muon_adamw_lr:g}. "
-             f"Loss: eval.py's pass over the whole validation split ({val_tokens:,} tokens)."
-             + (f"\n\n{args.note}" if args.note else "") + "\n"]
-    evals = sorted(adamw.val)
-    lines += ["| run | " + " | ".join(f"val loss @{step}" for step in evals) + " | training time | per step |",
-              "|---|" + "---|" * (len(evals) + 2)]
-    for run in sweep:
-        lines.append(f"| {label(run)}{' (best)' if run is best[run.optimizer] else ''} | "
-                     + " | ".join(f"{run.val[step]:.4f}" for step in evals)
-                     + f" | {run.seconds:.0f} s | {ms_per_step(run):.0f} ms |")
+    lines = sweep_table(args, sweep, best, val_tokens, device, seconds, foreign)
 
     muon_steps = steps_to_reach(final_loss(adamw), muon_short, muon)
     adamw_steps = steps_to_reach(final_loss(muon), adamw, adamw_long)
@@ -284,6 +325,47 @@ def report(args, sweep, best, budgets, val_tokens, device, seconds, foreign):
     if muon_steps is not None:
         lines.append(f"| wall-clock to AdamW's final loss: Muon / AdamW (sweep's per-step times) | "
                      f"{muon_steps * ms_per_step(muon) / 1e3:.0f} / {adamw.seconds:.0f} s |  |  |")
+    return "\n".join(lines) + "\n"
+
+
+def report_archs(args, sweep, best, budgets, val_tokens, device, seconds, foreign):
+    """The BENCHMARKS.md section of --archs=A,B: the sweep, then B against A under each optimizer."""
+    base_arch, arch = args.archs
+    lines = sweep_table(args, sweep, best, val_tokens, device, seconds, foreign)
+    lines += ["", "| figure | value | target | |", "|---|---|---|---|"]
+    for name in ("adamw", "muon"):
+        base, new = best[base_arch, name], best[arch, name]
+        short = next((run for run in budgets if run.optimizer == name), None)
+        who = f"{'AdamW' if name == 'adamw' else 'Muon'}: {arch} (lr {new.lr:g}) against {base_arch} (lr {base.lr:g})"
+        lines.append(f"| {who}, final val loss at {base.steps} steps | {final_loss(new):.4f} vs {final_loss(base):.4f} "
+                     f"({final_loss(new) - final_loss(base):+.4f}) |  |  |")
+        ratio = ms_per_step(new) / ms_per_step(base)
+        lines.append(f"| {who}, wall-clock per step (in turn) | {ms_per_step(new):.0f} / {ms_per_step(base):.0f} ms "
+                     f"= {ratio:.2f}x |  |  |")
+        # equal wall-clock: the steps `new` takes in the time `base` took for all of its steps
+        same_time = base.steps / ratio
+        if short is not None and short.steps <= same_time <= new.steps:
+            share = (same_time - short.steps) / (new.steps - short.steps)
+            loss = final_loss(short) + (final_loss(new) - final_loss(short)) * share
+            lines.append(f"| {who}, val loss in {base_arch}'s {base.seconds:.0f} s ({same_time:.0f} of its steps; "
+                         f"between its {short.steps}- and {new.steps}-step schedules) | {loss:.4f} vs "
+                         f"{final_loss(base):.4f} |  |  |")
+        if short is None:
+            continue
+        lines.append(f"| {who}, final val loss of a {short.steps}-step schedule | {final_loss(short):.4f} |  |  |")
+        steps = steps_to_reach(final_loss(base), short, new)
+        if steps is None:
+            lines.append(f"| {who}, steps to reach {base_arch}'s {final_loss(base):.4f} | more than {new.steps} | "
+                         f"<= {TARGET_STEP_FRACTION:.0%} | {verdict(False)} |")
+            continue
+        at_most = "at most " if steps == short.steps else ""
+        wall = steps * ms_per_step(new) / 1e3
+        lines += [f"| {who}, steps to reach {base_arch}'s {final_loss(base):.4f} | {at_most}{steps:.0f} "
+                  f"({steps / base.steps:.0%}) | <= {TARGET_STEP_FRACTION:.0%} | "
+                  f"{verdict(steps <= TARGET_STEP_FRACTION * base.steps)} |",
+                  f"| {who}, wall-clock to reach it | {at_most}{wall:.0f} / {base.seconds:.0f} s "
+                  f"({wall / base.seconds:.0%}) "
+                  f"| <= {TARGET_STEP_FRACTION:.0%} | {verdict(wall <= TARGET_STEP_FRACTION * base.seconds)} |"]
     return "\n".join(lines) + "\n"
 
 

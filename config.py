@@ -33,6 +33,11 @@ n_embd = 384  # width of the residual stream
 block_size = 128  # context length in tokens
 dropout = 0.1  # dropout on embeddings, attention weights and residual branches
 bias = True  # biases in Linear and LayerNorm layers, as in GPT-2
+# the modern block (modded-nanogpt, nanochat), option by option; presets/modern.py sets them all
+pos_emb = "learned"  # 'learned' position table (GPT-2), or 'rope': rotary embeddings, relative positions
+qk_norm = False  # RMS-normalize queries and keys per head before attention
+mlp = "gelu"  # the MLP's nonlinearity: 'gelu' (GPT-2) or 'relu2' (relu(x)^2)
+zero_init_proj = False  # the blocks' output projections (attention and MLP c_proj) start at zero
 
 # --- batch: tokens per optimizer step = batch_size * block_size * gradient_accumulation_steps ---
 batch_size = 32  # sequences per micro-batch (per GPU); raise it on a big GPU, lower the next one
@@ -72,6 +77,8 @@ CHOICES = {
     "compile": ("auto", "true", "false"),
     "optimizer": ("adamw", "muon"),
     "muon_dtype": ("auto", "float32", "bfloat16"),
+    "pos_emb": ("learned", "rope"),
+    "mlp": ("gelu", "relu2"),
 }
 
 

@@ -248,11 +248,12 @@ class PackedLinear(nn.Linear):
 
 class Float32Attention(CausalSelfAttention):
     """Attention computed in float32 from bf16 queries, keys and values; the result in bf16 again.
-    With a KV cache it reads only the slots up to the last position (the later ones are masked)."""
+    With a mask it reads only the slots up to the last one the last query sees (the later ones
+    are masked: a KV cache not yet full)."""
 
     def attend(self, q, k, v, mask=None):
         if mask is not None:
-            end = int(mask[-1].sum())  # the last query sees slots 0..end-1
+            end = int(mask[-1].nonzero()[-1]) + 1  # the last query sees no slot from end on
             k, v, mask = k[:, :, :end], v[:, :, :end], mask[:, :end]
         return super().attend(q.float(), k.float(), v.float(), mask).to(q.dtype)
 

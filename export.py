@@ -24,6 +24,9 @@ from tokenizer import BPE_FILES, EOT_TOKEN, cache_dir, cached_file
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # tiktoken's cached file -> the name Hugging Face's GPT2Tokenizer looks for (same content)
 TOKENIZER_FILES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
+# The model options GPT-2 has no counterpart for, at GPT-2's values (zero_init_proj only changes the
+# initial weights, and bias=False exports as zero biases: both stay exportable).
+GPT2_OPTIONS = {"pos_emb": "learned", "qk_norm": False, "mlp": "gelu"}
 
 
 def hf_config(config):
@@ -127,6 +130,11 @@ def main():
         raise UserError(f"{args.to} is not empty; pass --force to overwrite its files, or choose another --to")
     checkpoint = args.checkpoint or os.path.join(args.out_dir, "best_model_params.pt")
     model = load_model(checkpoint, "cpu")
+    other = [f"{name}={getattr(model.config, name)!r}" for name, value in GPT2_OPTIONS.items()
+             if getattr(model.config, name) != value]
+    if other:
+        raise UserError(f"{checkpoint} is not a GPT-2 model ({', '.join(other)}): export.py writes GPT-2's "
+                        "architecture only, which has no such options; export a model trained without them")
     make_output_dir(args.to, "--to")
 
     write_safetensors(os.path.join(args.to, "model.safetensors"), hf_state_dict(model))

@@ -6,6 +6,11 @@ an LM head that shares its weight with the token embedding. This is the plain mo
 GPU trains (under bf16 autocast and torch.compile). cpu_fast_paths.py swaps a few of its pieces
 for faster equivalents when it runs on a CPU; nothing here depends on that.
 
+Four options of GPTConfig (all off by default) give the "modern" block of modded-nanogpt and
+nanochat instead, each a few lines where it acts: rotary position embeddings instead of the
+position table (pos_emb="rope"), RMS-normalized queries and keys (qk_norm), a ReLU² MLP
+(mlp="relu2") and residual-branch output projections that start at zero (zero_init_proj).
+
 Shapes in comments: B = batch, T = sequence length, C = n_embd, nh = n_head, hs = C // nh.
 """
 import math
@@ -25,6 +30,29 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.1
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
+    pos_emb: str = "learned"  # "learned": a table of block_size position vectors (GPT-2); "rope": rotary
+    qk_norm: bool = False  # RMS-normalize each head's queries and keys before their dot products
+    mlp: str = "gelu"  # the MLP's nonlinearity: "gelu" (GPT-2's) or "relu2", relu(x)^2
+    zero_init_proj: bool = False  # the residual branches' output projections (c_proj) start at zero
+
+
+def apply_rotary(x, pos, base=10000.0):
+    """Rotary position embedding (RoPE) of x (B, nh, T, hs) at positions pos (T,): channels i and
+    i + hs/2 are rotated as a pair by the angle pos * base^(-2i/hs).
+
+    Rotating a query at position m and a key at position n makes their dot product depend on
+    m - n only: attention sees relative positions, and no position table is learned.
+    """
+    half = x.size(-1) // 2
+    freq = base ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)  # (hs/2,): fast to slow
+    angle = pos[:, None].float() * freq  # (T, hs/2)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def relu_squared(x):
+    return F.relu(x).square()
 
 
 class CausalSelfAttention(nn.Module):
@@ -33,6 +61,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.block_size = config.block_size
+        self.rope, self.qk_norm = config.pos_emb == "rope", config.qk_norm
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -41,13 +71,23 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # each (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if self.qk_norm:  # unit-RMS queries and keys: the attention logits cannot grow without bound
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if self.rope:
+            q, k = apply_rotary(q, pos), apply_rotary(k, pos)
         if cache is None:
-            y = self.attend(q, k, v)  # (B, nh, T, hs)
+            band = None  # up to block_size positions: plain causal attention
+            if T > self.block_size:  # (RoPE only) each position sees the block_size latest, itself included
+                behind = pos[:, None] - pos[None, :]  # (T, T)
+                band = (behind >= 0) & (behind < self.block_size)
+            y = self.attend(q, k, v, band)  # (B, nh, T, hs)
         else:
-            k, v = cache.update(layer, k, v, pos)  # (B, nh, block_size, hs): slot p holds position p
-            # Position p sees slots 0..p: itself and the earlier positions. The later slots are empty
-            # or left from an earlier window; the mask keeps them out.
-            visible = pos[:, None] >= torch.arange(k.size(2), device=pos.device)  # (T, block_size)
+            k, v = cache.update(layer, k, v, pos)  # (B, nh, block_size, hs): slot p % block_size holds position p
+            # Slot s last held position p - (p - s) % block_size as seen from position p: itself or one
+            # of the block_size - 1 before it, or, if that is negative, a slot not yet written in this
+            # window (empty or left from an earlier one), which the mask keeps out.
+            slots = torch.arange(k.size(2), device=pos.device)
+            visible = pos[:, None] - (pos[:, None] - slots) % k.size(2) >= 0  # (T, block_size)
             y = self.attend(q, k, v, visible)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # the heads side by side again
         return self.resid_dropout(self.c_proj(y))
@@ -67,12 +107,12 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.act = nn.GELU(approximate="tanh") if config.mlp == "gelu" else relu_squared  # GPT-2's GELU, or ReLU²
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
 
 
 class Block(nn.Module):
@@ -93,9 +133,12 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        if config.pos_emb not in ("learned", "rope") or config.mlp not in ("gelu", "relu2"):
+            raise ValueError(f"unknown pos_emb={config.pos_emb!r} or mlp={config.mlp!r}")
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            # with RoPE there is no position table: the attention itself rotates by position
+            **(dict(wpe=nn.Embedding(config.block_size, config.n_embd)) if config.pos_emb == "learned" else {}),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
@@ -105,10 +148,14 @@ class GPT(nn.Module):
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
         # GPT-2: scale the residual-branch output projections so the residual stream's variance
-        # does not grow with depth.
+        # does not grow with depth. zero_init_proj: start them at zero, so every block begins as the
+        # identity and the stream is the embedding alone until training opens the branches.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -119,20 +166,24 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding=False):
-        """Parameters, the tied embedding counted once; non_embedding drops the position table."""
+        """Parameters, the tied embedding counted once; non_embedding drops the position table (if any)."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        return n - self.transformer.wpe.weight.numel() if non_embedding and "wpe" in self.transformer else n
 
     def hidden_states(self, idx, cache=None, pos=None):
         """Final-LayerNorm outputs (B, T, C) for token ids idx (B, T) at positions pos (T,), by
         default 0..T-1. With a cache, the keys and values of these positions are stored in it and
-        each position also attends to the earlier ones stored there."""
+        each position also attends to the earlier ones stored there. With RoPE, T may exceed
+        block_size: each position then attends to the block_size latest (a sliding window)."""
         T = idx.size(1)
-        if T > self.config.block_size:
+        if T > self.config.block_size and self.config.pos_emb == "learned":
             raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
         if pos is None:
             pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if self.config.pos_emb == "learned":
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer, pos)
         return self.transformer.ln_f(x)
@@ -184,23 +235,46 @@ class GPT(nn.Module):
         temperature=0 is greedy decoding; top_k keeps the k likeliest tokens; top_p keeps the
         smallest set whose probability reaches p (nucleus sampling). With kv_cache=False every
         token recomputes the whole window: simpler, and slower by the window's length.
+
+        Past block_size tokens, GPT-2's learned positions need a window that starts at position 0:
+        it jumps forward half a block at a time (window_start), refilling the cache. RoPE's
+        positions are relative, so its window slides by one token and the cache, whose slots are
+        reused in turn, is never refilled: each position attends to the block_size latest ones at
+        every layer (a sliding window), which the uncached path computes over the last
+        receptive_field() tokens.
         """
-        block_size = self.config.block_size
+        block_size, slide = self.config.block_size, self.config.pos_emb == "rope"
         cache, cache_start, next_token = None, 0, None
         for _ in range(max_new_tokens):
             start = window_start(idx.size(1), block_size)
             if not kv_cache:
-                logits = self.lm_head(self.hidden_states(idx[:, start:])[:, -1, :])  # (B, vocab): the last position's
-            elif cache is None or start != cache_start:  # first step, or the window jumped: (re)fill the cache
+                context = idx[:, -self.receptive_field():] if slide else idx[:, start:]
+                logits = self.lm_head(self.hidden_states(context)[:, -1, :])  # (B, vocab): the last position's
+            elif cache is None or (start != cache_start and not slide):  # first step, or the window jumped: (re)fill
                 cache = cache or self.make_kv_cache(idx.size(0), idx.device)
-                cache_start = start
-                logits = self.lm_head(self.hidden_states(idx[:, start:], cache)[:, -1, :])
+                cache_start = 0 if slide else start
+                logits = self.prefill(idx[:, cache_start:], cache)
             else:  # only the newest token (last step's next_token): the earlier ones are cached
-                pos = torch.tensor([idx.size(1) - 1 - start], device=idx.device)  # its position in the window
+                pos = torch.tensor([idx.size(1) - 1 - cache_start], device=idx.device)  # its position in the window
                 logits = self.decode_step(next_token, cache, pos)
             next_token = sample_next(logits, temperature, top_k, top_p)  # (B, 1)
             idx = torch.cat((idx, next_token), dim=1)
             yield next_token
+
+    def prefill(self, idx, cache):
+        """Logits (B, vocab) for the token after idx (B, T), the keys and values of its positions
+        0..T-1 stored in the cache: block_size of them in one pass, any later ones (RoPE only) one
+        at a time, since they take the slots of positions that the earlier ones still attend to."""
+        first = idx[:, :self.config.block_size]
+        logits = self.lm_head(self.hidden_states(first, cache)[:, -1, :])
+        for t in range(first.size(1), idx.size(1)):
+            logits = self.decode_step(idx[:, t:t + 1], cache, torch.tensor([t], device=idx.device))
+        return logits
+
+    def receptive_field(self):
+        """How many of the latest tokens the next one depends on when the window slides (RoPE):
+        each layer looks block_size - 1 positions further back."""
+        return self.config.n_layer * (self.config.block_size - 1) + 1
 
     def decode_step(self, token, cache, pos):
         """Logits (B, vocab) for the token after `token` (B, 1) at position pos (1,), the earlier
@@ -229,8 +303,10 @@ class GPT(nn.Module):
 class KVCache:
     """Keys and values of every layer, one slot per position of the window (block_size slots).
 
-    A new token's query needs the keys and values of all earlier tokens; they do not change (the
-    window only moves in jumps, see window_start), so they are computed once and kept here.
+    A new token's query needs the keys and values of all earlier tokens; they do not change (with
+    learned positions the window only moves in jumps, see window_start), so they are computed
+    once and kept here. Position p takes slot p % block_size: with RoPE, positions go on past
+    block_size and each new one takes the slot of the one that just left the window.
     """
 
     def __init__(self, config, batch_size, device, dtype):
@@ -245,8 +321,9 @@ class KVCache:
         """Store k, v (B, nh, T, hs) of positions pos (T,) in their slots, in the cache's dtype (it
         may keep more precision than the model computes in); return the layer's slots, all of
         them: (B, nh, block_size, hs) each."""
-        self.k[layer].index_copy_(2, pos, k.to(self.k.dtype))
-        self.v[layer].index_copy_(2, pos, v.to(self.v.dtype))
+        slots = pos % self.k.size(3)
+        self.k[layer].index_copy_(2, slots, k.to(self.k.dtype))
+        self.v[layer].index_copy_(2, slots, v.to(self.v.dtype))
         return self.k[layer], self.v[layer]
 
 
@@ -256,7 +333,8 @@ def window_start(length, block_size):
     Up to block_size tokens the model sees them all. Past it, the window jumps forward by half a
     block at a time (rather than by one token) so that a KV cache stays valid between jumps: with
     learned absolute positions, sliding by one token would change every cached key and value.
-    The uncached path uses the same window, so both produce the same tokens.
+    The uncached path uses the same window, so both produce the same tokens. (With RoPE the
+    window slides by one instead; see generate_tokens.)
     """
     if length <= block_size:
         return 0

@@ -15,6 +15,7 @@ resuming).
 """
 import contextlib
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -42,6 +43,7 @@ from model import GPT, GPTConfig
 PEAK_BF16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A10": 125, "L4": 121,
                     "RTX 4090": 165, "RTX 3090": 71}
 METRIC_FIELDS = ["step", "tokens", "train_loss", "val_loss", "val_perplexity", "val_bits_per_byte", "lr", "seconds"]
+GPT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
 RUN_FILES = ("ckpt.pt", "best_model_params.pt", "metrics.csv", "loss.png")  # what a run writes besides config.json
 
 
@@ -160,6 +162,13 @@ def set_learning_rates(optimizers, step, cfg):
         for group in optimizer.param_groups:
             group["lr"] = lr * (peaks[name] / cfg.learning_rate)
     return lr
+
+
+def architecture(cfg, vocab_size):
+    """The GPTConfig fields of this run (saved as model_args, compared on resume)."""
+    return dict(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, pos_emb=cfg.pos_emb, qk_norm=cfg.qk_norm,
+                mlp=cfg.mlp, zero_init_proj=cfg.zero_init_proj)
 
 
 def training_batch(cfg, device, step, first_micro_batch, micro_step):
@@ -308,7 +317,7 @@ def resume(path, model, optimizers, optimizer_name, scaler, model_args, rank, wo
     """Load ckpt.pt into the model, optimizers, scaler and random generators; (step, best_val_loss,
     the id of its W&B run or None)."""
     state = checkpoint.load_checkpoint(path, next(model.parameters()).device)
-    saved = state.get("model_args", {})
+    saved = {**GPT_DEFAULTS, **state.get("model_args", {})}  # an option newer than the checkpoint: its default
     differ = {k: (saved.get(k), v) for k, v in model_args.items() if k != "dropout" and saved.get(k) != v}
     if differ:
         detail = ", ".join(f"{k}={old} in the checkpoint but {new} now" for k, (old, new) in differ.items())
@@ -483,8 +492,7 @@ def main():
 
     # the model, the optimizer and (for float16) the gradient scaler
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model_args = dict(vocab_size=meta["vocab_size"], block_size=cfg.block_size, n_layer=cfg.n_layer,
-                      n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+    model_args = architecture(cfg, meta["vocab_size"])
     raw_model = GPT(GPTConfig(**model_args)).to(device)
     use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device_type == "cuda")
     cpu_fast_paths.enable(raw_model, device, dtype, use_compile)  # only where it is faster: eager fp32 on a CPU

@@ -26,3 +26,30 @@ def test_the_comparison_runs_on_a_small_text_and_appends_its_rows(tmp_path):
 @pytest.mark.slow
 def test_a_missing_text_is_a_clean_error(tmp_path):
     assert_clean_error(run_script("bench_optimizers.py", "--text", tmp_path / "nothing.txt"), "does not exist")
+
+
+@pytest.mark.slow
+def test_archs_compares_the_modern_block_with_gpt2_under_each_optimizer(tmp_path):
+    text = tmp_path / "stories.txt"
+    text.write_text("\n\n".join(make_stories(200)), encoding="utf-8")
+    output = tmp_path / "BENCHMARKS.md"
+    result = run_script("bench_optimizers.py", "--text", text, "--steps=4", "--warmup=1", "--eval_every=2",
+                        "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
+                        "--adamw_lrs=1e-3", "--muon_lrs=0.02", "--archs=gpt2,modern", "--arch_budget=0.5",
+                        "--output", output)
+    assert result.returncode == 0, result.stderr
+    record = output.read_text()
+    for row in ("| AdamW lr 0.001, 4 steps (best) |", "| modern, AdamW lr 0.001, 4 steps (best) |",
+                "| modern, Muon lr 0.02, 4 steps (best) |", "GPT-2's block and presets/modern.py's",
+                "| AdamW: modern (lr 0.001) against gpt2 (lr 0.001), final val loss at 4 steps |",
+                "| Muon: modern (lr 0.02) against gpt2 (lr 0.02), wall-clock per step (in turn) |",
+                "| Muon: modern (lr 0.02) against gpt2 (lr 0.02), final val loss of a 2-step schedule |",
+                "steps to reach gpt2's"):
+        assert row in record, row
+
+
+@pytest.mark.slow
+def test_an_unknown_arch_is_a_clean_error(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("hello", encoding="utf-8")
+    assert_clean_error(run_script("bench_optimizers.py", "--text", text, "--archs=gpt2,llama"), "no presets/llama.py")

@@ -254,3 +254,60 @@ def test_with_bf16_weights_the_kv_cache_is_float32_and_logits_match_the_plain_bf
     fast_error = (fast_logits.float() - reference).abs().max()
     plain_error = (plain_logits - reference).abs().max()
     assert fast_error <= plain_error * 1.5, (fast_error, plain_error)
+
+
+# ----------------------------------------------------------------------------- the modern block
+
+MODERN = dict(pos_emb="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, bias=False)  # presets/modern.py
+
+
+def perturbed(models):
+    """The same random change to every weight of each model (zero-initialized projections would
+    make the blocks the identity)."""
+    for model in models:
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return models
+
+
+def test_modern_block_training_loss_and_gradients_equal_the_plain_model():
+    plain, fast = (m.train() for m in perturbed(plain_and_fast(**MODERN)))
+    x = torch.randint(0, 97, (3, 32), generator=torch.Generator().manual_seed(2))
+    y = torch.roll(x, -1, dims=1)
+    losses = []
+    for model in (plain, fast):
+        _, loss = model(x, y)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_modern_block_training_attention_with_dropout_matches_sdpa_when_nothing_is_dropped():
+    plain, fast = (m.train() for m in perturbed(plain_and_fast(dropout=1e-12, **MODERN)))
+    assert type(fast.transformer.h[0].attn) is cpu_fast_paths.ExplicitAttention
+    x = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(fast.hidden_states(x), plain.hidden_states(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_modern_block_greedy_tokens_past_block_size_equal_the_plain_model(kv_cache):
+    plain, fast = perturbed(plain_and_fast(vocab_size=8192, n_embd=384, n_head=6, block_size=32, **MODERN))
+    assert type(fast.lm_head) is cpu_fast_paths.FewRowsLinear
+    idx = torch.randint(0, 8192, (2, 5), generator=torch.Generator().manual_seed(5))
+    expected = plain.generate(idx, 40, temperature=0, kv_cache=kv_cache)  # past block_size: the window slides
+    assert torch.equal(fast.generate(idx, 40, temperature=0, kv_cache=kv_cache), expected)
+
+
+def test_float32_attention_reads_every_key_of_a_sliding_window_mask():
+    # without a cache past block_size (RoPE), the last query's visible keys end at the last slot
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 16) for _ in range(3))
+    behind = torch.arange(40)[:, None] - torch.arange(40)[None, :]
+    band = (behind >= 0) & (behind < 32)
+    attention = cpu_fast_paths.Float32Attention(GPTConfig(**{**CONFIG, "n_embd": 32})).eval()
+    expected = F.scaled_dot_product_attention(q, k, v, band)
+    torch.testing.assert_close(attention.attend(q, k, v, band), expected, rtol=1e-6, atol=1e-6)

@@ -11,7 +11,7 @@ from conftest import ROOT, run_script
 PRESETS = os.path.join(ROOT, "presets")
 
 
-@pytest.mark.parametrize("name", ["seed.py", "gpu.py", "gpu_muon.py", "cpu_tiny.py"])
+@pytest.mark.parametrize("name", ["seed.py", "gpu.py", "gpu_muon.py", "cpu_tiny.py", "modern.py"])
 def test_each_preset_parses_and_sets_only_real_knobs(name):
     cfg = config.parse_args([os.path.join(PRESETS, name)])
     assert vars(cfg) != config.defaults()
@@ -37,6 +37,15 @@ def test_gpu_muon_preset_is_the_gpu_recipe_with_muon():
     muon = vars(config.parse_args([os.path.join(PRESETS, "gpu_muon.py")]))
     assert {name for name in gpu if gpu[name] != muon[name]} == {"optimizer"}  # Muon's knobs at their defaults
     assert (muon["optimizer"], muon["muon_lr"], muon["muon_momentum"]) == ("muon", 0.02, 0.95)
+
+
+def test_modern_preset_sets_the_model_options_only_and_combines_with_a_recipe():
+    modern = vars(config.parse_args([os.path.join(PRESETS, "modern.py")]))
+    defaults = config.defaults()
+    assert {name: modern[name] for name in defaults if modern[name] != defaults[name]} == \
+        dict(pos_emb="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, bias=False)
+    both = config.parse_args([os.path.join(PRESETS, "gpu_muon.py"), os.path.join(PRESETS, "modern.py")])
+    assert (both.optimizer, both.batch_size, both.pos_emb) == ("muon", 256, "rope")
 
 
 def test_later_flags_win_in_the_order_given():

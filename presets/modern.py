@@ -1,0 +1,14 @@
+# The modern block: python train.py presets/modern.py (give it after a recipe to combine them, e.g.
+# python train.py presets/gpu.py presets/modern.py)
+#
+# modded-nanogpt's and nanochat's changes to GPT-2's block, as config.py's model options: rotary
+# position embeddings instead of the learned position table, RMS-normalized queries and keys,
+# ReLU² instead of GELU, the blocks' output projections initialized at zero, and no biases.
+# Only the architecture: the rest of the recipe stays as config.py or the preset before it has it.
+# The model cannot be exported to Hugging Face's GPT-2 (export.py says so). README "The modern
+# block" has the measured comparison with GPT-2's.
+pos_emb = "rope"
+qk_norm = True
+mlp = "relu2"
+zero_init_proj = True
+bias = False
