@@ -10,8 +10,8 @@ best_model_params.pt (the weights with the best validation loss, a plain state_d
 config.json (the run's configuration), metrics.csv and loss.png.
 
 Reading order: main() at the bottom sets up and runs the loop; the functions above it are its
-steps (the optimizers and their learning-rate schedule, one optimizer step, evaluation, saving and
-resuming).
+steps (the optimizers and their learning-rate schedule, one optimizer step, reading its results
+back, evaluation, saving and resuming).
 """
 import contextlib
 import csv
@@ -172,6 +172,8 @@ def train_step(model, optimizers, scaler, next_batch, accum_steps, autocast, gra
         optimizer.zero_grad(set_to_none=True)
     return step_loss
 
+
+# ----------------------------------------------------------------------------- reading results back from the device
 
 def is_sync_step(step, cfg):
     """Whether the loop waits for the device after optimizer step number `step` (counted from 1):
