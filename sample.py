@@ -183,12 +183,20 @@ class StoryPrinter:
             self.printed_stories += 1
 
 
+def fit_to_context(prompt_ids, block_size):
+    """The prompt's last block_size tokens (all of them if it fits), with a note on stderr when some
+    are dropped: the model cannot see further back than its context, so the story continues from
+    the end of the prompt, as it would once it had written that much itself."""
+    if len(prompt_ids) <= block_size:
+        return prompt_ids
+    print(f"note: the prompt is {len(prompt_ids)} tokens; keeping its last {block_size} (the model's context)",
+          file=sys.stderr)
+    return prompt_ids[-block_size:]
+
+
 def write_stories(model, enc, prompt, args):
     """Generate and print args.num_samples stories for one prompt, then a speed line on stderr."""
-    prompt_ids = enc.encode_ordinary(prompt)
-    if len(prompt_ids) > model.config.block_size:
-        raise UserError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of "
-                        f"{model.config.block_size}; shorten it")
+    prompt_ids = fit_to_context(enc.encode_ordinary(prompt), model.config.block_size)
     printer = StoryPrinter(enc, prompt, args.num_samples, args.stream or args.interactive)
     started = time.time()
     stories = generate_stories(model, prompt_ids, args.num_samples, args.max_new_tokens, args.temperature,
@@ -237,10 +245,7 @@ def main():
         return
     try:
         for prompt in read_prompts():
-            try:
-                write_stories(model, enc, prompt, args)
-            except UserError as e:  # a prompt too long: say so and wait for the next one
-                print(f"error: {e}", file=sys.stderr)
+            write_stories(model, enc, prompt, args)
     except KeyboardInterrupt:  # Ctrl-C ends the session like an empty line, not as an interruption
         print()  # the shell's prompt on a line of its own
 

@@ -10,8 +10,8 @@ best_model_params.pt (the weights with the best validation loss, a plain state_d
 config.json (the run's configuration), metrics.csv and loss.png.
 
 Reading order: main() at the bottom sets up and runs the loop; the functions above it are its
-steps (the optimizers and their learning-rate schedule, one optimizer step, evaluation, saving and
-resuming).
+steps (the optimizers and their learning-rate schedule, one optimizer step, reading its results
+back, evaluation, saving and resuming).
 """
 import contextlib
 import csv
@@ -211,6 +211,38 @@ def train_step(model, optimizers, scaler, next_batch, accum_steps, autocast, gra
     for optimizer in optimizers.values():
         optimizer.zero_grad(set_to_none=True)
     return step_loss
+
+
+# ----------------------------------------------------------------------------- reading results back from the device
+
+def is_sync_step(step, cfg):
+    """Whether the loop waits for the device after optimizer step number `step` (counted from 1):
+    at log, eval and checkpoint steps and the last one. Reading a result back (`.item()`, an
+    all-reduce of a flag) waits for the step to finish; at every other step the CPU goes on to
+    queue the next one while the GPU still computes this one."""
+    return step >= cfg.max_iters or any(step % n == 0 for n in (cfg.log_interval, cfg.eval_interval,
+                                                                 cfg.checkpoint_interval))
+
+
+def check_losses(step_losses, step, world_size, scaler, out_dir):
+    """The training losses of the steps before `step` since the last check, kept on the device
+    until now and read back at once: each step's mean over all processes, as floats.
+
+    The NaN guard: a loss that is not finite stops the run, naming the first such step, before
+    anything is saved (every save comes after a check); every rank reaches the same verdict. Under
+    float16 the scaler skips such steps itself, and training goes on.
+    """
+    losses = torch.stack(step_losses).double()
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(losses)
+        losses /= world_size
+    losses = losses.tolist()
+    for bad_step, loss in enumerate(losses, start=step - len(losses)):
+        if not math.isfinite(loss) and not scaler.is_enabled():
+            raise UserError(f"the training loss became {loss} at step {bad_step}; stopping without saving "
+                            f"(the best weights in {out_dir} are untouched). Lower --learning_rate or try "
+                            "--dtype=float32, then --init_from=resume")
+    return losses
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -414,10 +446,14 @@ def explain_compile_failures(compiled):
 # ----------------------------------------------------------------------------- stopping and logging
 
 class StopRequest:
-    """Turns SIGINT / SIGTERM into a flag, so training stops after the current step and saves."""
+    """Turns SIGINT / SIGTERM into a request to stop: training saves and stops at the next step
+    where agree() runs (the next step in a single process; the next log, eval or checkpoint step
+    under DDP, where the ranks already wait for each other)."""
 
     def __init__(self, announce):
-        self.signum, self.announce = None, announce
+        self.signum = None  # the signal this process got; the handler sets it at any moment
+        self.agreed = None  # the signal every process stops for; only agree() sets it
+        self.announce = announce  # say on stderr that the signal was taken (rank 0)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
@@ -426,15 +462,18 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signum = signum
         if self.announce:  # os.write: a print here could land inside another print and break it
-            os.write(2, f"{signal.Signals(signum).name}: finishing this step, then saving ckpt.pt "
-                        "(a second one stops at once, without saving)\n".encode())
+            os.write(2, f"{signal.Signals(signum).name}: saving ckpt.pt and stopping after this step (under "
+                        "torchrun: after the next log step); a second one stops at once, without saving\n".encode())
 
     def agree(self, device):
-        """Under DDP, stop on every rank if any rank was asked to: all must stop at the same step."""
+        """Stop every process if any was asked to: under DDP all must stop at the same step, so
+        every rank calls this at the same steps (it all-reduces a flag)."""
+        signum = self.signum or 0
         if torch.distributed.is_initialized():
-            flag = torch.tensor([self.signum or 0], device=device)
+            flag = torch.tensor([signum], device=device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            self.signum = int(flag.item()) or None
+            signum = int(flag.item())
+        self.agreed = signum or None
 
 
 def throughput(model, steps, tokens_per_step, seconds, device_type, world_size):
@@ -528,6 +567,7 @@ def main():
         f"optimizer {cfg.optimizer}")
 
     stop = StopRequest(announce=master)
+    step_losses = []  # the training losses since the last check, on the device
     saved_step = resumed_at  # the step whose state ckpt.pt on disk holds
     start_time = last_log_time = time.time()
     last_log_step = step
@@ -556,7 +596,7 @@ def main():
                     saved_step = step
                     log(f"  new best val loss; saved {best_path} and ckpt.pt")
                 last_log_time, last_log_step = time.time(), step  # keep evaluation out of tokens/s
-            if step >= cfg.max_iters or stop.signum is not None:
+            if step >= cfg.max_iters or stop.agreed is not None:
                 if saved_step != step:
                     save(step=step, best_val_loss=best_val_loss)
                 break
@@ -564,17 +604,17 @@ def main():
                 save(step=step, best_val_loss=best_val_loss)
                 saved_step = step
 
-            # one optimizer step, at this step's learning rates
+            # one optimizer step, at this step's learning rates; its loss stays on the device
             lr = set_learning_rates(optimizers, step, cfg)
             next_batch = functools.partial(training_batch, cfg, device, step, rank * accum_steps)
-            step_loss = train_step(model, optimizers, scaler, next_batch, accum_steps, autocast, cfg.grad_clip)
-            loss = all_mean(step_loss.item(), world_size, device)  # the same verdict on every rank
-            if not math.isfinite(loss) and not scaler.is_enabled():  # (float16's scaler skips such steps itself)
-                raise UserError(f"the training loss became {loss} at step {step}; stopping without saving "
-                                f"(the best weights in {cfg.out_dir} are untouched). Lower --learning_rate or try "
-                                "--dtype=float32, then --init_from=resume")
+            step_losses.append(train_step(model, optimizers, scaler, next_batch, accum_steps, autocast, cfg.grad_clip))
             step += 1
-            stop.agree(device)
+
+            # wait for the device only before a log, eval or save: check the losses, agree on stopping
+            if is_sync_step(step, cfg) or (world_size == 1 and stop.signum is not None):
+                loss = check_losses(step_losses, step, world_size, scaler, cfg.out_dir)[-1]
+                step_losses.clear()
+                stop.agree(device)
 
             # log
             if step % cfg.log_interval == 0 and master:
@@ -590,15 +630,15 @@ def main():
     if step == cfg.max_iters:
         log(f"done: {step} steps, best val loss {best_val_loss:.4f}; sample with `python sample.py --out_dir={cfg.out_dir}`")
     else:
-        log(f"stopped by {signal.Signals(stop.signum).name} after step {step}; saved {ckpt_path}. "
+        log(f"stopped by {signal.Signals(stop.agreed).name} after step {step}; saved {ckpt_path}. "
             f"Resume with: python train.py --init_from=resume --out_dir={cfg.out_dir} (plus your other flags)")
     if tracker:
         tracker.finish()
     finish_distributed()
     if lock is not None:
         lock.close()  # out_dir is free for the next run
-    if stop.signum is not None:
-        sys.exit(128 + stop.signum)
+    if stop.agreed is not None:
+        sys.exit(128 + stop.agreed)
 
 
 if __name__ == "__main__":

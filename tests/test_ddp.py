@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import PROCESS_TIMEOUT, ROOT, TINY_MODEL, assert_clean_error, run_script
 from checkpoint import load_checkpoint
@@ -96,3 +97,55 @@ def test_an_out_dir_in_use_by_a_torchrun_job_is_refused_naming_its_rank_0(tiny_d
     finally:
         job.send_signal(signal.SIGTERM)
         job.communicate(timeout=PROCESS_TIMEOUT)
+
+
+def worker_pid(job, rank):
+    """The pid of the worker that torchrun (the process `job`) started as `rank`."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environment = f.read().split(b"\0")
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        if parent == job.pid and f"RANK={rank}".encode() in environment:
+            return int(pid)
+    raise AssertionError(f"torchrun has no worker of rank {rank}")
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_resume_is_bit_exact(tiny_data, tmp_path):
+    # the ranks agree on stopping only at log, eval and checkpoint steps: here every 3rd step
+    flags = [*FLAGS, "--log_interval=3", "--eval_interval=1000", "--checkpoint_interval=1000", "--dropout=0.1"]
+    job = subprocess.Popen(torchrun_command(f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'split'}", *flags,
+                                            "--max_iters=1000"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in job.stdout:
+            if line.startswith("step 3/"):
+                break
+        os.kill(worker_pid(job, 1), signal.SIGTERM)  # rank 1 alone, as if its machine were preempted
+        stdout, stderr = job.communicate(timeout=PROCESS_TIMEOUT)
+    finally:
+        job.kill()
+    # (torchrun itself reports the workers' exit status 143 with a traceback of its own)
+    assert 'train.py", line' not in stderr, stderr  # no traceback from a worker
+    stopped = [line for line in stdout.splitlines() if line.startswith("stopped by SIGTERM after step ")]
+    assert len(stopped) == 1, stdout + stderr  # rank 0 stopped too (and only rank 0 logs)
+    step = int(stopped[0].split("after step ")[1].split(";")[0])
+    assert step % 3 == 0 and step >= 6  # at a log step after the signal, with both ranks' state saved
+    ckpt = load_checkpoint(str(tmp_path / "split/ckpt.pt"))
+    assert ckpt["step"] == step and len(ckpt["rng"]) == 2
+
+    resumed = torchrun(f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'split'}", *flags,
+                       f"--max_iters={step + 3}", "--init_from=resume")
+    assert resumed.returncode == 0, resumed.stderr
+    straight = torchrun(f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'straight'}", *flags,
+                        f"--max_iters={step + 3}")
+    assert straight.returncode == 0, straight.stderr
+    a, b = load_checkpoint(str(tmp_path / "split/ckpt.pt")), load_checkpoint(str(tmp_path / "straight/ckpt.pt"))
+    assert a["step"] == b["step"] == step + 3
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name

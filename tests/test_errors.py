@@ -162,12 +162,6 @@ def test_sample_without_a_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_prompt_longer_than_the_context(trained_run):
-    assert_clean_error(run_script("sample.py", "--out_dir", trained_run, "--prompt", "Once upon a time " * 20),
-                       "longer than the model's context of 32")
-
-
-@pytest.mark.slow
 def test_empty_prompt(trained_run):
     assert_clean_error(run_script("sample.py", "--out_dir", trained_run, "--prompt", "  "), "--prompt is empty")
 

@@ -60,6 +60,19 @@ def test_rows_of_a_batch_with_different_prompts_equal_each_prompt_alone(cycle_mo
         assert torch.equal(batch[row], model.generate(prompt[None], 50, temperature=0, kv_cache=kv_cache)[0]), row
 
 
+@pytest.mark.parametrize("length", [50, 32])
+def test_a_prompt_longer_than_the_context_keeps_its_last_block_and_says_so(cycle_model, capsys, length):
+    model, sequence = cycle_model  # block_size 32
+    prompt = sequence[:length].tolist()
+    kept = sample.fit_to_context(prompt, 32)
+    assert kept == prompt[-32:]
+    note = "note: the prompt is 50 tokens; keeping its last 32 (the model's context)\n" if length > 32 else ""
+    assert capsys.readouterr().err == note
+    cached = sample.generate_stories(model, kept, 1, 40, temperature=0, kv_cache=True)
+    plain = sample.generate_stories(model, kept, 1, 40, temperature=0, kv_cache=False)
+    assert cached == plain == [sequence[length:length + 40].tolist()]  # the cycle goes on from the prompt's end
+
+
 def scripted_model(rows_of_tokens):
     """A stand-in for GPT whose generate_tokens yields the given tokens, one column per step, and
     counts how many steps were taken."""
@@ -308,12 +321,25 @@ def test_interactive_applies_the_flags_to_every_prompt(story_run):
 
 
 @pytest.mark.slow
-def test_interactive_reports_a_prompt_that_is_too_long_and_goes_on(story_run):
+def test_a_prompt_longer_than_the_context_is_continued_from_its_end_with_and_without_the_kv_cache(story_run):
+    flags = ["--out_dir", story_run, "--prompt", "Once upon a time " * 20, "--temperature", "0",
+             "--max_new_tokens", "40"]
+    cached, plain = run_script("sample.py", *flags), run_script("sample.py", *flags, "--no_kv_cache")
+    for result in (cached, plain):
+        assert result.returncode == 0, result.stderr
+        assert "note: the prompt is 81 tokens; keeping its last 32 (the model's context)\n" in result.stderr
+        assert result.stdout.startswith("Once upon a time " * 20)  # the whole prompt, then the story
+    assert cached.stdout == plain.stdout
+
+
+@pytest.mark.slow
+def test_interactive_keeps_the_end_of_a_prompt_that_is_too_long_and_goes_on(story_run):
     process = interactive(story_run)
     stdout, stderr = process.communicate("Once upon a time " * 20 + "\nTom found a dog\n", timeout=PROCESS_TIMEOUT)
     assert process.returncode == 0, stderr
-    assert "error: the prompt is" in stderr and "Traceback" not in stderr
-    assert stdout.startswith("Tom found a dog")
+    assert stderr.count("note: the prompt is") == 1 and stderr.count("tokens/s]") == 2
+    assert "error:" not in stderr and "Traceback" not in stderr
+    assert stdout.startswith("Once upon a time " * 20) and "\nTom found a dog" in stdout
 
 
 @pytest.mark.slow

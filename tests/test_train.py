@@ -1,10 +1,13 @@
 """train.py: the learning-rate schedule, the optimizers (AdamW, or Muon + AdamW), exact resume,
 crash-safe checkpoints, signals, the NaN guard."""
+import collections
 import contextlib
 import functools
 import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +18,7 @@ import torch
 
 import checkpoint
 import config
+import train as train_py  # train() below runs the script
 from checkpoint import load_checkpoint
 from common import UserError
 from conftest import PROCESS_TIMEOUT, ROOT, TINY_RUN, assert_clean_error, run_script
@@ -184,6 +188,58 @@ def test_a_checkpoint_from_before_muon_resumes_as_adamw(tiny_data, tmp_path):
                model_args, 0, 1, lambda *args: None)
 
 
+# Every way for Python code to read a tensor back to the host (and, on a GPU, wait for the work
+# queued before it), and the collectives train.py calls (each followed by such a read).
+HOST_READS = [(torch.Tensor, name) for name in ("item", "tolist", "cpu", "numpy", "__array__", "__bool__",
+                                                "__float__", "__int__", "__index__", "__format__")]
+HOST_READS += [(torch.distributed, "all_reduce"), (torch.cuda, "synchronize")]
+
+
+@pytest.mark.parametrize("processes", ["one", "ddp"])
+def test_the_loop_waits_for_the_device_only_at_log_eval_and_save_steps(tiny_data, tmp_path, monkeypatch, capsys,
+                                                                       processes):
+    step_losses, reads = [], collections.Counter()  # reads[n]: reads after the n-th train_step began
+
+    def counted(read):
+        def wrapper(*args, **kwargs):
+            if os.path.dirname(sys._getframe(1).f_code.co_filename) == ROOT:  # called by the project's code
+                reads[len(step_losses)] += 1
+            return read(*args, **kwargs)
+        return wrapper
+
+    def recorded_train_step(*args):
+        step_losses.append(None)
+        step_losses[-1] = train_step(*args)
+        return step_losses[-1]
+
+    for owner, name in HOST_READS:
+        monkeypatch.setattr(owner, name, counted(getattr(owner, name)))
+    monkeypatch.setattr(train_py, "train_step", recorded_train_step)
+    # the model as a GPU runs it (the CPU's fast paths may read CPU tensors, which waits for nothing)
+    monkeypatch.setattr(train_py.cpu_fast_paths, "enable", lambda *args: False)
+    if processes == "ddp":  # a process group of one: DDP and the collectives, in this process
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        for name, value in dict(RANK=0, LOCAL_RANK=0, WORLD_SIZE=1, MASTER_ADDR="127.0.0.1", MASTER_PORT=port).items():
+            monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(sys, "argv", ["train.py", f"--data_dir={tiny_data}", f"--out_dir={tmp_path}", *TINY_RUN,
+                                      "--max_iters=7", "--log_interval=3", "--eval_interval=1000",
+                                      "--checkpoint_interval=1000", "--eval_iters=1", "--gradient_accumulation_steps=1"])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        train_py.main()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert len(step_losses) == 7
+    assert sorted(reads) == [0, 3, 6, 7]  # before the first step (evaluation), the log steps, the last step
+    logged = [line.split("| loss ")[1].split()[0] for line in capsys.readouterr().out.splitlines() if "| loss " in line]
+    assert logged == [f"{step_losses[2].item():.4f}", f"{step_losses[5].item():.4f}"]  # the log step's own loss
+
+
 @pytest.mark.slow
 def test_run_writes_checkpoints_metrics_and_plot(tiny_data, tmp_path):
     result = train(tiny_data, tmp_path, "--max_iters=4", "--eval_interval=2")
@@ -276,7 +332,7 @@ def test_sigterm_and_sigint_save_the_state_and_say_how_to_resume(tiny_data, tmp_
         stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT)
         assert process.returncode == 128 + sig, stderr
         assert "--init_from=resume" in stdout and "Traceback" not in stderr
-        assert f"{sig.name}: finishing this step, then saving ckpt.pt" in stderr
+        assert f"{sig.name}: saving ckpt.pt and stopping after this step" in stderr
         step = load_checkpoint(str(out_dir / "ckpt.pt"))["step"]
         assert step >= 3
         resumed = train(tiny_data, out_dir, "--init_from=resume", f"--max_iters={step + 2}", "--eval_interval=1000")
@@ -317,6 +373,24 @@ def test_nan_loss_stops_without_touching_the_best_weights(tiny_data, tmp_path, o
 
 
 @pytest.mark.slow
+def test_a_nan_between_log_steps_stops_the_run_at_the_next_one_naming_the_step_it_appeared(tiny_data, tmp_path):
+    assert train(tiny_data, tmp_path / "run", "--max_iters=2", "--eval_interval=1").returncode == 0
+    kept = {name: (tmp_path / "run" / name).read_bytes() for name in ("ckpt.pt", "best_model_params.pt")}
+    errors = {}
+    for log_interval in (1, 5):  # a check after every step, or only at steps 5, 10, ...
+        out_dir = shutil.copytree(tmp_path / "run", tmp_path / f"log{log_interval}")
+        blown_up = train(tiny_data, out_dir, "--init_from=resume", "--max_iters=30", "--learning_rate=1e30",
+                         "--min_lr=0", "--warmup_iters=0", "--grad_clip=0", f"--log_interval={log_interval}",
+                         "--eval_interval=1000", "--checkpoint_interval=1000")
+        error = assert_clean_error(blown_up, "the training loss became", "stopping without saving")
+        errors[log_interval] = error.split(";")[0]  # "error: the training loss became nan at step 3"
+        assert {name: (out_dir / name).read_bytes() for name in kept} == kept  # nothing saved
+    assert errors[5] == errors[1]  # the same first bad step, found at the next check
+    bad_step = int(errors[5].split(" at step ")[1])
+    assert (bad_step + 1) % 5 != 0  # between two checks: steps went on after it, unsaved
+
+
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tiny_data, tmp_path):
     # big steps (seconds), the first Ctrl-C as step 2 begins and the second as soon as train.py has
     # taken the first: it must land while the first is still waiting for its step to end, not while
@@ -325,7 +399,7 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tiny_data, tmp_path):
                              "--gradient_accumulation_steps=128")
     wait_for_step(process, 1)
     process.send_signal(signal.SIGINT)
-    assert any(line.startswith("SIGINT: finishing this step, then saving ckpt.pt") for line in process.stderr)
+    assert any(line.startswith("SIGINT: saving ckpt.pt and stopping after this step") for line in process.stderr)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT)
     assert process.returncode == 130, stderr
