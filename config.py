@@ -16,7 +16,7 @@ from common import UserError
 # --- I/O ---
 data_dir = "data"  # folder with train.bin / validation.bin / meta.json written by prepare.py
 out_dir = "out"  # checkpoints, metrics.csv and loss.png go here
-init_from = "scratch"  # 'scratch': new random weights; 'resume': continue out_dir/ckpt.pt; else fine-tune (README)
+init_from = "scratch"  # 'scratch': random weights; 'resume': continue out_dir/ckpt.pt; else weights to fine-tune
 overwrite = False  # let a new run (scratch or fine-tune) replace the run already in out_dir (otherwise refused)
 checkpoint_interval = 250  # save the latest state to out_dir/ckpt.pt every this many steps
 
