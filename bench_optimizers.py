@@ -48,7 +48,7 @@ from common import ArgumentParser, UserError, resolve_device, run_main
 from eval import evaluate
 from model import GPT, GPTConfig
 from tokenizer import VOCAB_SIZE, load_tokenizer
-from train import Float32Muon, architecture, make_optimizers, set_learning_rates, train_step, training_batch
+from train import Float32Muon, make_optimizers, scratch_model_args, set_learning_rates, train_step, training_batch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TARGET_STEP_FRACTION = 0.70  # Muon reaches the best AdamW's final loss in at most this share of its steps
@@ -146,7 +146,7 @@ def new_run(args, data_dir, optimizer, lr, steps, device, arch="gpt2"):
         f"--batch_size={args.batch_size}", "--gradient_accumulation_steps=1", "--dropout=0", f"--seed={args.seed}",
         f"--device={args.device}", "--dtype=float32", "--compile=false", f"--muon_dtype={args.muon_dtype}"])
     torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(**architecture(cfg, VOCAB_SIZE))).to(device)
+    model = GPT(GPTConfig(**scratch_model_args(cfg, VOCAB_SIZE))).to(device)
     cpu_fast_paths.enable(model, device)  # as train.py: only on a CPU in float32
     device_type = device.split(":")[0]
     return SimpleNamespace(arch=arch, optimizer=optimizer, lr=lr, steps=steps, cfg=cfg, model=model,

@@ -1,13 +1,18 @@
-"""Reading and writing the files train.py saves in out_dir.
+"""Reading and writing the files train.py saves in out_dir, and reading the weights a fine-tune
+starts from.
 
 - ckpt.pt: the whole training state (weights, optimizer, scaler, step, random states, the
   architecture as model_args), for --init_from=resume; sample.py and eval.py load it too.
 - best_model_params.pt: the weights with the best validation loss, a plain state_dict; the
   architecture is in the config.json that train.py writes beside it.
+- A Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin), as export.py
+  or transformers' save_pretrained write it, or OpenAI's GPT-2 from the hub: load_init_weights.
 """
+import hashlib
 import json
 import os
 import pickle
+import struct
 from dataclasses import fields
 
 import torch
@@ -16,6 +21,13 @@ from common import UserError, atomic_write, first_line
 from model import GPT, GPTConfig
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's GPT-2 sizes on the Hugging Face hub
+# model_args but dropout: GPT-2's shape, and the modern block's options (their defaults for GPT-2 files)
+ARCHITECTURE = ("n_layer", "n_head", "n_embd", "bias", "vocab_size", "block_size", "pos_emb", "qk_norm", "mlp",
+                "zero_init_proj")
+# Our nn.Linear weights are (out, in); GPT-2's Conv1D keeps them as (in, out).
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def save(obj, path):
@@ -78,29 +90,168 @@ def load_checkpoint(path, device="cpu"):
     return checkpoint
 
 
-def load_model(path, device="cpu"):
-    """A GPT with the weights in `path`, built from the architecture saved with them.
+def load_weights(path, device="cpu"):
+    """(state_dict, model_args) of a file train.py saved.
 
     A full ckpt.pt carries its model_args; a plain state_dict (best_model_params.pt) takes them
     from the config.json that train.py writes beside it.
     """
     checkpoint = load_checkpoint(path, device)
     if "model" in checkpoint and "model_args" in checkpoint:
-        model_args, state_dict = checkpoint["model_args"], checkpoint["model"]
-    else:
-        config_path = os.path.join(os.path.dirname(path), "config.json")
-        try:
-            with open(config_path) as f:
-                model_args = json.load(f)["model_args"]
-        except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"{path} holds weights only and {config_path} (its architecture) is missing or broken "
-                            f"({type(e).__name__}); pass the ckpt.pt of the same run with --checkpoint") from e
-        state_dict = checkpoint
+        return clean_state_dict(checkpoint["model"]), checkpoint["model_args"]
+    config_path = os.path.join(os.path.dirname(path), "config.json")
+    try:
+        with open(config_path) as f:
+            model_args = json.load(f)["model_args"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{path} holds weights only and {config_path} (its architecture) is missing or broken "
+                        f"({type(e).__name__}); pass the ckpt.pt of the same run instead") from e
+    return clean_state_dict(checkpoint), model_args
+
+
+def load_model(path, device="cpu"):
+    """A GPT with the weights in `path` (see load_weights), built from the architecture saved with them."""
+    state_dict, model_args = load_weights(path, device)
     known = {f.name for f in fields(GPTConfig)}
     model = GPT(GPTConfig(**{k: v for k, v in model_args.items() if k in known}))
     try:
-        model.load_state_dict(clean_state_dict(state_dict))
+        model.load_state_dict(state_dict)
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
         raise UserError(f"{path} does not fit the architecture {model_args}: {lines[-1]}") from e
     return model.to(device)
+
+
+# ----------------------------------------------------------------------------- weights to fine-tune from
+
+def load_init_weights(source):
+    """The weights a fine-tune starts from: (state_dict, architecture, record).
+
+    source is a run folder (its best_model_params.pt), a ckpt.pt or best_model_params.pt, a
+    Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin), or one of
+    HUB_MODELS, fetched from the hub into huggingface_hub's cache (a path that exists wins over a
+    hub name). architecture is model_args without dropout; record = {'source', 'file', 'sha256'}
+    says where the weights came from, for config.json and ckpt.pt.
+    """
+    folder = download_gpt2(source) if source in HUB_MODELS and not os.path.exists(source) else None
+    if folder is None and os.path.isdir(source):
+        folder = source
+    if folder is None and not os.path.isfile(source):
+        raise UserError(f"--init_from={source} is not scratch, resume, an existing file or folder, or one of "
+                        f"{', '.join(HUB_MODELS)}; give the run folder, checkpoint or Hugging Face folder to start from")
+    if folder is not None and os.path.isfile(os.path.join(folder, "best_model_params.pt")):
+        path = os.path.join(folder, "best_model_params.pt")  # a run of ours: its best weights
+    elif folder is not None:
+        path = next((os.path.join(folder, name) for name in ("model.safetensors", "pytorch_model.bin")
+                     if os.path.isfile(os.path.join(folder, name))), None)
+        if path is None or not os.path.isfile(os.path.join(folder, "config.json")):
+            raise UserError(f"{folder} holds neither best_model_params.pt (a run of train.py) nor config.json with "
+                            "model.safetensors or pytorch_model.bin (a Hugging Face GPT-2); give one of those")
+    else:
+        path = source
+    if path.endswith((".safetensors", "pytorch_model.bin")):
+        state_dict, model_args = load_hf_gpt2(path)
+    else:
+        state_dict, model_args = load_weights(path)
+    architecture = {k: model_args.get(k, getattr(GPTConfig, k)) for k in ARCHITECTURE}
+    return state_dict, architecture, {"source": source, "file": os.path.abspath(path), "sha256": sha256(path)}
+
+
+def download_gpt2(name):
+    """The folder of OpenAI's GPT-2 `name` in huggingface_hub's cache, downloaded if not there yet."""
+    from huggingface_hub import snapshot_download  # comes with `datasets`
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])
+    except LocalEntryNotFoundError as e:
+        raise UserError(f"{name} is not in the Hugging Face cache and cannot be downloaded here (no connection to "
+                        f"the hub, or HF_HUB_OFFLINE=1); download it first where there is internet: `hf download {name} "
+                        f"config.json model.safetensors --local-dir models/{name}`, then --init_from=models/{name}") from e
+    except HfHubHTTPError as e:
+        raise UserError(f"cannot download {name} from the Hugging Face hub: {first_line(e)}") from e
+
+
+def load_hf_gpt2(path):
+    """(state_dict, model_args) of a Hugging Face GPT2LMHeadModel's weights file and the config.json
+    beside it, under our names and layouts."""
+    config_path = os.path.join(os.path.dirname(path), "config.json")
+    try:
+        with open(config_path) as f:
+            hf = json.load(f)
+        model_args = dict(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                          n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True)  # GPT-2 always has biases
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{config_path} is not a readable GPT-2 config.json ({type(e).__name__}: {first_line(e)})") from e
+    # what model.py fixes and GPT2Config could set otherwise
+    unlike = {"model_type": hf.get("model_type") != "gpt2",
+              "activation_function": hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"),
+              "n_inner": hf.get("n_inner") not in (None, 4 * hf["n_embd"]),
+              "layer_norm_epsilon": hf.get("layer_norm_epsilon", 1e-5) != 1e-5,
+              "tie_word_embeddings": not hf.get("tie_word_embeddings", True),
+              "scale_attn_weights": not hf.get("scale_attn_weights", True),
+              "scale_attn_by_inverse_layer_idx": hf.get("scale_attn_by_inverse_layer_idx", False)}
+    unlike = [f"{k}={hf.get(k)!r}" for k, differs in unlike.items() if differs]
+    if unlike:
+        raise UserError(f"{config_path} describes a model that model.py cannot be ({', '.join(unlike)}); "
+                        "only GPT-2's architecture (GPT2LMHeadModel) loads")
+    tensors = read_safetensors(path) if path.endswith(".safetensors") else load_checkpoint(path)
+    state_dict = {}
+    for name, tensor in tensors.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias")):  # older files store the causal mask as a buffer
+            continue
+        if not name.startswith(("transformer.", "lm_head.")):  # OpenAI's files on the hub lack the prefix
+            name = "transformer." + name
+        state_dict[name] = tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor
+    wte, lm_head = state_dict.get("transformer.wte.weight"), state_dict.get("lm_head.weight")
+    if wte is not None and lm_head is not None and not torch.equal(wte, lm_head):
+        raise UserError(f"{path} has an LM head of its own, and model.py's is the token embedding; "
+                        "only a GPT-2 with tied embeddings loads")
+    state_dict["lm_head.weight"] = wte if wte is not None else lm_head
+    return state_dict, model_args
+
+
+def read_safetensors(path):
+    """{name: tensor} of a .safetensors file: an 8-byte little-endian header length, a JSON header
+    (name -> dtype, shape, byte range after the header), then the raw little-endian data, the
+    layout export.py writes. The format is this simple, so reading needs no extra package."""
+    try:
+        with open(path, "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_size))
+            body = bytearray(os.path.getsize(path) - 8 - header_size)
+            f.readinto(body)
+        tensors = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            count = (end - start) // dtype.itemsize
+            tensor = torch.frombuffer(body, dtype=dtype, offset=start, count=count) if count else torch.empty(0, dtype=dtype)
+            tensors[name] = tensor.reshape(info["shape"])
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from e
+    except (struct.error, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__}: {first_line(e)}); "
+                        "export or download it again") from e
+    return tensors
+
+
+def sha256(path):
+    """The file's sha256, hex: which weights a fine-tune started from, whatever their path later."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fine_tune_record(ckpt_path):
+    """(model_args, record) of the run in ckpt_path when it is a fine-tune (see load_init_weights);
+    None for a run from scratch, or a ckpt.pt that cannot be read (resume() then says why)."""
+    try:  # mmap: only the few values read here come from disk
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        return (state["model_args"], state["init"]) if state.get("init") else None
+    except Exception:
+        return None

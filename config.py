@@ -16,8 +16,8 @@ from common import UserError
 # --- I/O ---
 data_dir = "data"  # folder with train.bin / validation.bin / meta.json written by prepare.py
 out_dir = "out"  # checkpoints, metrics.csv and loss.png go here
-init_from = "scratch"  # 'scratch' starts a new run; 'resume' continues from out_dir/ckpt.pt
-overwrite = False  # let a scratch run replace the run already in out_dir (otherwise it is refused)
+init_from = "scratch"  # 'scratch': random weights; 'resume': continue out_dir/ckpt.pt; else weights to fine-tune
+overwrite = False  # let a new run (scratch or fine-tune) replace the run already in out_dir (otherwise refused)
 checkpoint_interval = 250  # save the latest state to out_dir/ckpt.pt every this many steps
 
 # --- system ---
@@ -72,7 +72,6 @@ wandb_project = "tinystories-gpt"  # the W&B project the run goes to
 wandb_run_name = ""  # the run's name on W&B; '' lets W&B pick one
 
 CHOICES = {
-    "init_from": ("scratch", "resume"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "compile": ("auto", "true", "false"),
     "optimizer": ("adamw", "muon"),
@@ -119,7 +118,7 @@ def _check_name(name, known):
 
 
 def _apply_preset(path, cfg):
-    """Execute a preset file (plain `name = value` lines) and take its knobs."""
+    """Execute a preset file (plain `name = value` lines) and take its knobs; returns their names."""
     if not os.path.isfile(path):
         raise UserError(f"preset file {path} does not exist (presets live in presets/)")
     scope = {}
@@ -129,6 +128,7 @@ def _apply_preset(path, cfg):
         exec(builtins.compile(source, path, "exec"), scope)  # `compile` here is the knob
     except Exception as e:
         raise UserError(f"preset file {path} failed to run: {type(e).__name__}: {e}") from e
+    names = []
     for name, value in scope.items():
         if name.startswith("_") or not isinstance(value, (bool, int, float, str)):
             continue
@@ -136,19 +136,24 @@ def _apply_preset(path, cfg):
         if type(value) is not type(cfg[name]) and not (type(cfg[name]) is float and type(value) is int):
             raise UserError(f"{path}: {name} = {value!r} should be a {type(cfg[name]).__name__}")
         cfg[name] = type(cfg[name])(value)
+        names.append(name)
+    return names
 
 
-def parse_args(argv):
+def parse_args(argv, given=None):
     """Defaults, then preset files, then --name=value / --name value flags, in order given.
 
-    Returns the knobs as attributes (cfg.batch_size), checked by validate()."""
+    Returns the knobs as attributes (cfg.batch_size), checked by validate(). The names that a
+    preset or flag set are added to the set `given`, if one is passed (a fine-tune checks them
+    against the architecture of the weights it starts from)."""
     cfg = defaults()
+    names = set()
     i = 0
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--"):
             if arg.endswith(".py"):
-                _apply_preset(arg, cfg)
+                names.update(_apply_preset(arg, cfg))
                 i += 1
                 continue
             raise UserError(f"unexpected argument '{arg}': use --name=value, or a preset file like presets/gpu.py")
@@ -163,7 +168,10 @@ def parse_args(argv):
         name = name.replace("-", "_")  # --max-iters works as --max_iters
         _check_name(name, cfg)
         cfg[name] = _typed(name, text, cfg[name])
+        names.add(name)
         i += 1
+    if given is not None:
+        given.update(names)
     return validate(SimpleNamespace(**cfg))
 
 
@@ -174,6 +182,11 @@ def validate(cfg):
         if value not in allowed:
             raise UserError(f"--{name}={getattr(cfg, name)!r} must be one of: {', '.join(allowed)}")
         setattr(cfg, name, value)
+    if cfg.init_from.lower() in ("scratch", "resume"):
+        cfg.init_from = cfg.init_from.lower()
+    elif not cfg.init_from:  # anything else names the weights to fine-tune from (checked when they load)
+        raise UserError("--init_from is empty; use scratch, resume, or the weights to fine-tune from (a run folder, "
+                        "a checkpoint, a Hugging Face GPT-2 folder, or gpt2)")
     for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
                  "eval_interval", "eval_iters", "log_interval", "checkpoint_interval"):
         if getattr(cfg, name) < 1:
@@ -183,7 +196,7 @@ def validate(cfg):
             raise UserError(f"--{name}={getattr(cfg, name)} must not be negative")
     if cfg.lr_decay_iters < cfg.warmup_iters:
         raise UserError(f"lr_decay_iters={cfg.lr_decay_iters} must be at least warmup_iters={cfg.warmup_iters}")
-    if cfg.n_embd % cfg.n_head:
+    if cfg.n_embd % cfg.n_head and cfg.init_from in ("scratch", "resume"):  # a fine-tune's come from its source
         raise UserError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}; pick n_embd as a multiple of n_head")
     if not 0.0 <= cfg.dropout < 1.0:
         raise UserError(f"--dropout={cfg.dropout} must be in [0, 1)")

@@ -16,12 +16,10 @@ import sys
 
 import torch
 
-from checkpoint import load_model
+from checkpoint import CONV1D_SUFFIXES, load_model
 from common import ArgumentParser, UserError, atomic_write, make_output_dir, run_main
 from tokenizer import BPE_FILES, EOT_TOKEN, cache_dir, cached_file
 
-# Our nn.Linear weights are (out, in); GPT-2's Conv1D keeps them as (in, out).
-CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # tiktoken's cached file -> the name Hugging Face's GPT2Tokenizer looks for (same content)
 TOKENIZER_FILES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
 # The model options GPT-2 has no counterpart for, at GPT-2's values (zero_init_proj only changes the

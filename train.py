@@ -3,6 +3,7 @@
     python train.py                                   # one GPU, or CPU/MPS, with config.py's defaults
     python train.py presets/gpu.py --max_iters=2000   # a preset, then flags (later ones win)
     python train.py --init_from=resume                # continue out_dir/ckpt.pt exactly where it stopped
+    python train.py presets/finetune.py --init_from=out-stories --data_dir=data_mine   # fine-tune trained weights
     torchrun --standalone --nproc_per_node=8 train.py # data-parallel over 8 GPUs
 
 Every knob is in config.py. Outputs in out_dir: ckpt.pt (the latest full state, for resuming),
@@ -11,7 +12,7 @@ config.json (the run's configuration), metrics.csv and loss.png.
 
 Reading order: main() at the bottom sets up and runs the loop; the functions above it are its
 steps (the optimizers and their learning-rate schedule, one optimizer step, reading its results
-back, evaluation, saving and resuming).
+back, evaluation, saving and resuming, starting from trained weights).
 """
 import contextlib
 import csv
@@ -164,8 +165,9 @@ def set_learning_rates(optimizers, step, cfg):
     return lr
 
 
-def architecture(cfg, vocab_size):
-    """The GPTConfig fields of this run (saved as model_args, compared on resume)."""
+def scratch_model_args(cfg, vocab_size):
+    """The GPTConfig fields of a run from random weights, from the config (saved as model_args,
+    compared on resume); a fine-tune's come from its source (fine_tune_model_args)."""
     return dict(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                 n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, pos_emb=cfg.pos_emb, qk_norm=cfg.qk_norm,
                 mlp=cfg.mlp, zero_init_proj=cfg.zero_init_proj)
@@ -329,9 +331,11 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, model, optimizers, scaler, model_args, cfg, step, best_val_loss, world_size, wandb_run_id):
+def save_checkpoint(path, model, optimizers, scaler, model_args, cfg, step, best_val_loss, world_size, wandb_run_id,
+                    init):
     """Write the whole training state to `path` (rank 0 writes). Every rank must call it: it
-    gathers each rank's random state, so that a resumed run draws the same dropout masks."""
+    gathers each rank's random state, so that a resumed run draws the same dropout masks. init:
+    where a fine-tune's first weights came from (load_fine_tune_source), None from scratch."""
     states = [rng_state()]
     if torch.distributed.is_initialized():
         states = [None] * world_size
@@ -342,7 +346,7 @@ def save_checkpoint(path, model, optimizers, scaler, model_args, cfg, step, best
     checkpoint.save({"model": model.state_dict(), "scaler": scaler.state_dict(),
                      "optimizer": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
                      "model_args": model_args, "config": vars(cfg), "step": step, "best_val_loss": best_val_loss,
-                     "rng": states, "wandb_run_id": wandb_run_id}, path)
+                     "rng": states, "wandb_run_id": wandb_run_id, "init": init}, path)
 
 
 def resume(path, model, optimizers, optimizer_name, scaler, model_args, rank, world_size, log):
@@ -380,6 +384,49 @@ def resume(path, model, optimizers, optimizer_name, scaler, model_args, rank, wo
     return step, best_val_loss, state.get("wandb_run_id")
 
 
+# ----------------------------------------------------------------------------- fine-tuning: starting from trained weights
+
+def load_fine_tune_source(cfg):
+    """The weights --init_from names: (state_dict, architecture, record), see
+    checkpoint.load_init_weights. Refused when they lie in out_dir, whose files this run replaces."""
+    state_dict, architecture, record = checkpoint.load_init_weights(cfg.init_from)
+    if os.path.realpath(os.path.dirname(record["file"])) == os.path.realpath(cfg.out_dir):
+        raise UserError(f"--init_from={cfg.init_from} is in --out_dir={cfg.out_dir}, whose files this run would "
+                        "replace; fine-tune into another --out_dir")
+    return state_dict, architecture, record
+
+
+def fine_tune_model_args(cfg, given, architecture, source):
+    """model_args of a run that starts from trained weights (or resumes such a run): their
+    architecture, this run's dropout, and block_size at most their number of positions (all of them
+    unless --block_size is given). A flag (or preset) in `given` that contradicts them is refused."""
+    conflicts = [f"--{k}={getattr(cfg, k)} but {source} has {k}={v}" for k, v in architecture.items()
+                 if k in given and k not in ("block_size", "vocab_size") and getattr(cfg, k) != v]
+    if conflicts:
+        raise UserError(f"a fine-tune takes its architecture from the weights it starts from: {'; '.join(conflicts)}; "
+                        "leave these flags out")
+    positions = architecture["block_size"]
+    block_size = cfg.block_size if "block_size" in given else positions
+    if block_size > positions:
+        raise UserError(f"--block_size={block_size} is longer than the {positions} positions of {source}; "
+                        f"use --block_size={positions} or less")
+    return {**architecture, "block_size": block_size, "dropout": cfg.dropout}
+
+
+def load_fine_tune_weights(model, state_dict, source):
+    """Copy the weights a fine-tune starts from into `model`; their position table is cropped to
+    the model's block_size (the first positions are the ones a shorter context uses)."""
+    if "transformer.wpe.weight" in state_dict:  # (RoPE models have no position table)
+        wpe = state_dict["transformer.wpe.weight"]
+        state_dict = {**state_dict, "transformer.wpe.weight": wpe[:model.config.block_size]}
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError) as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        raise UserError(f"the weights of {source} do not fit its own architecture ({lines[-1]}); "
+                        "the file is damaged or not a GPT-2") from e
+
+
 # ----------------------------------------------------------------------------- guarding out_dir
 
 def lock_out_dir(out_dir):
@@ -407,7 +454,8 @@ def lock_out_dir(out_dir):
 
 
 def refuse_or_clear_earlier_run(cfg, log):
-    """A scratch run must not silently replace the run already in out_dir: refuse, unless --overwrite."""
+    """A new run (from scratch or a fine-tune) must not silently replace the run already in
+    out_dir: refuse, unless --overwrite."""
     found = checkpoint.describe_run(cfg.out_dir)
     if found is None:
         return
@@ -506,7 +554,8 @@ def start_wandb(wandb, cfg, run_id):
 # ----------------------------------------------------------------------------- main
 
 def main():
-    cfg = config.parse_args(sys.argv[1:])
+    given = set()  # the knobs set by a flag or preset, not by default
+    cfg = config.parse_args(sys.argv[1:], given)
     rank, local_rank, world_size = setup_distributed()
     master = rank == 0
     log = print if master else (lambda *args, **kwargs: None)
@@ -520,19 +569,42 @@ def main():
         raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be divisible by "
                         f"the number of processes ({world_size}) to keep the global batch")
     accum_steps = cfg.gradient_accumulation_steps // world_size
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-    make_output_dir(cfg.out_dir, "--out_dir")
-    lock = lock_out_dir(cfg.out_dir) if master else None  # held until the run ends
-    if cfg.init_from == "scratch" and master:
-        refuse_or_clear_earlier_run(cfg, log)
-    meta = load_meta(cfg.data_dir, cfg.block_size)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     best_path = os.path.join(cfg.out_dir, "best_model_params.pt")
+    # a fine-tune starts from trained weights, and a resumed one keeps the architecture it started with
+    fine_tune = cfg.init_from not in ("scratch", "resume")
+    source_weights, architecture, init = load_fine_tune_source(cfg) if fine_tune else (None, None, None)
+    if cfg.init_from == "resume":
+        architecture, init = checkpoint.fine_tune_record(ckpt_path) or (None, None)
+
+    # the architecture: config.py's and the flags' from scratch, the source's for a fine-tune
+    if init is None:
+        meta = load_meta(cfg.data_dir, cfg.block_size)
+        model_args = scratch_model_args(cfg, meta["vocab_size"])
+    else:
+        model_args = fine_tune_model_args(cfg, given, architecture, init["source"])
+        vars(cfg).update({k: v for k, v in model_args.items() if k != "vocab_size"})
+        meta = load_meta(cfg.data_dir, model_args["block_size"])
+        if meta["vocab_size"] > model_args["vocab_size"]:
+            raise UserError(f"the data's vocabulary ({meta['vocab_size']} tokens, {cfg.data_dir}/meta.json) does not "
+                            f"fit the model's ({model_args['vocab_size']} tokens, {init['source']}); prepare the data "
+                            "with the model's tokenizer, or start from a model with the data's vocabulary")
+        log(f"{'starting' if fine_tune else 'started'} from the weights of {init['source']} ({init['file']}, "
+            f"sha256 {init['sha256'][:16]}...): architecture from them, "
+            + ", ".join(f"{k}={model_args[k]}" for k in ("n_layer", "n_head", "n_embd", "bias", "vocab_size"))
+            + f", block_size={model_args['block_size']} of its {architecture['block_size']} positions")
+
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    make_output_dir(cfg.out_dir, "--out_dir")  # the first thing written: bad input above leaves no trace
+    lock = lock_out_dir(cfg.out_dir) if master else None  # held until the run ends
+    if cfg.init_from != "resume" and master:
+        refuse_or_clear_earlier_run(cfg, log)
 
     # the model, the optimizer and (for float16) the gradient scaler
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model_args = architecture(cfg, meta["vocab_size"])
     raw_model = GPT(GPTConfig(**model_args)).to(device)
+    if source_weights is not None:
+        load_fine_tune_weights(raw_model, source_weights, init["source"])
     use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device_type == "cuda")
     cpu_fast_paths.enable(raw_model, device, dtype, use_compile)  # only where it is faster: eager fp32 on a CPU
     optimizers = make_optimizers(raw_model, cfg, device_type)
@@ -560,7 +632,7 @@ def main():
     rows = read_metrics(cfg.out_dir, step) if master and resumed_at is not None else []
     if master:
         remove_stale_temp_files(cfg.out_dir)
-        run_config = {"model_args": model_args, "config": vars(cfg), "world_size": world_size}
+        run_config = {"model_args": model_args, "config": vars(cfg), "world_size": world_size, "init": init}
         atomic_write(os.path.join(cfg.out_dir, "config.json"), lambda f: f.write(json.dumps(run_config, indent=2).encode()))
     log(f"model: {raw_model.num_params() / 1e6:.2f}M parameters | device {device}, {str(dtype)[6:]}, "
         f"compile {use_compile}, {world_size} process(es) | {tokens_per_step:,} tokens per step | "
@@ -573,7 +645,7 @@ def main():
     last_log_step = step
     tracker = start_wandb(wandb, cfg, wandb_run_id) if wandb else None
     save = functools.partial(save_checkpoint, ckpt_path, raw_model, optimizers, scaler, model_args, cfg,
-                             world_size=world_size, wandb_run_id=tracker.id if tracker else wandb_run_id)
+                             world_size=world_size, wandb_run_id=tracker.id if tracker else wandb_run_id, init=init)
     with explain_write_failures(cfg.out_dir), explain_compile_failures(use_compile):
         while True:
             # evaluate, keep the best weights, save the latest state

@@ -35,7 +35,7 @@ def test_mistyped_value_is_refused():
     (["--min_lr=1e-2", "--learning_rate=1e-3"], "min_lr"),
     (["--dropout=1.5"], "dropout"),
     (["--dtype=float8"], "must be one of"),
-    (["--init_from=somewhere"], "must be one of"),
+    (["--init_from="], "--init_from is empty; use scratch, resume, or the weights to fine-tune from"),
     (["--warmup_iters=100", "--lr_decay_iters=50"], "lr_decay_iters"),
     (["--optimizer=sgd"], "--optimizer='sgd' must be one of: adamw, muon"),
     (["--muon_lr=0"], "--muon_lr=0.0 must be positive"),

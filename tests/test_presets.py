@@ -11,7 +11,7 @@ from conftest import ROOT, run_script
 PRESETS = os.path.join(ROOT, "presets")
 
 
-@pytest.mark.parametrize("name", ["seed.py", "gpu.py", "gpu_muon.py", "cpu_tiny.py", "modern.py"])
+@pytest.mark.parametrize("name", ["seed.py", "gpu.py", "gpu_muon.py", "cpu_tiny.py", "modern.py", "finetune.py"])
 def test_each_preset_parses_and_sets_only_real_knobs(name):
     cfg = config.parse_args([os.path.join(PRESETS, name)])
     assert vars(cfg) != config.defaults()
@@ -30,6 +30,14 @@ def test_seed_and_gpu_presets_train_the_seed_model_on_the_seed_batch():
         assert tokens_per_step(cfg) == 32 * 128 * 32
     assert seed.max_iters * seed.gradient_accumulation_steps == 20000  # the seed's 20000 micro-batches
     assert (gpu.batch_size, gpu.dtype, gpu.compile) == (256, "bfloat16", "true")
+
+
+def test_finetune_preset_leaves_the_architecture_to_the_source_and_keeps_its_rate_after_warmup():
+    given = set()
+    cfg = config.parse_args([os.path.join(PRESETS, "finetune.py"), "--init_from=out"], given)
+    assert not given & {"n_layer", "n_head", "n_embd", "block_size", "bias"}  # a fine-tune's come from its weights
+    assert cfg.min_lr == cfg.learning_rate and cfg.warmup_iters < cfg.max_iters
+    assert cfg.eval_interval <= cfg.max_iters // 5  # often enough that the best point is kept
 
 
 def test_gpu_muon_preset_is_the_gpu_recipe_with_muon():

@@ -1,0 +1,254 @@
+"""Fine-tuning: train.py --init_from=<a run, a checkpoint, a Hugging Face GPT-2 folder, or gpt2>
+starts a new run from trained weights, with their architecture."""
+import csv
+import json
+import os
+
+import pytest
+import torch
+
+import checkpoint
+import config
+from common import UserError
+from conftest import ROOT, TINY_RUN, assert_clean_error, run_script
+from data import eval_rng, get_batch
+from export import write_safetensors
+from model import GPT, GPTConfig
+from train import fine_tune_model_args, load_fine_tune_weights, lock_out_dir
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # transformers must never try the network in these tests
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402  (after HF_HUB_OFFLINE)
+
+# the tiny run's flags without the architecture: a fine-tune takes it from its source
+RUN = [f for f in TINY_RUN if not f.startswith(("--n_layer", "--n_head", "--n_embd", "--block_size"))]
+
+
+def save_hf_gpt2(folder, layout="safetensors", vocab_size=50257, n_positions=64):
+    """A tiny random GPT2LMHeadModel saved as a Hugging Face folder; the model, in eval mode.
+
+    layout: 'safetensors' (save_pretrained), 'bin' (pytorch_model.bin, as save_pretrained(...,
+    safe_serialization=False) writes it), or 'openai' (the names of OpenAI's files on the hub:
+    no `transformer.` prefix, and the causal-mask buffers `attn.bias`). Every weight is perturbed,
+    so that a mix-up of any tensor's name or layout shows in the logits."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2,
+                                       n_head=2, bos_token_id=None, eos_token_id=None))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    if layout == "safetensors":
+        model.save_pretrained(folder)
+    elif layout == "bin":
+        model.save_pretrained(folder, safe_serialization=False)
+        if not os.path.isfile(os.path.join(folder, "pytorch_model.bin")):  # transformers 5 writes safetensors only
+            os.remove(os.path.join(folder, "model.safetensors"))
+            torch.save(model.state_dict(), os.path.join(folder, "pytorch_model.bin"))
+    else:
+        model.config.save_pretrained(folder)
+        tensors = {k.removeprefix("transformer."): v.detach().clone() for k, v in model.state_dict().items()
+                   if k != "lm_head.weight"}
+        for i in range(2):
+            tensors[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n_positions, n_positions)).view(1, 1, n_positions, n_positions)
+        write_safetensors(os.path.join(folder, "model.safetensors"), tensors)
+    return model.eval()
+
+
+def our_model(source, block_size=None, dropout=0.0):
+    """Our GPT with the weights of `source`, as train.py builds a fine-tune's model."""
+    state_dict, architecture, record = checkpoint.load_init_weights(str(source))
+    args = {**architecture, "dropout": dropout, "block_size": block_size or architecture["block_size"]}
+    model = GPT(GPTConfig(**args))
+    load_fine_tune_weights(model, state_dict, str(source))
+    return model.eval(), record
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "bin", "openai"])
+def test_a_hugging_face_gpt2_folder_gives_transformers_logits(tmp_path, layout):
+    theirs = save_hf_gpt2(tmp_path / "hf", layout)
+    ours, record = our_model(tmp_path / "hf")
+    assert ours.config.n_layer == 2 and ours.config.n_embd == 32 and ours.config.block_size == 64
+    tokens = torch.randint(0, 50257, (3, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (ours(tokens)[0] - theirs(tokens).logits).abs().max().item() < 1e-5
+    weights = "pytorch_model.bin" if layout == "bin" else "model.safetensors"
+    assert record["file"] == str(tmp_path / "hf" / weights)
+    assert record["sha256"] == checkpoint.sha256(tmp_path / "hf" / weights) and len(record["sha256"]) == 64
+
+
+def test_a_shorter_block_size_crops_the_position_table(tmp_path):
+    theirs = save_hf_gpt2(tmp_path / "hf")
+    ours, _ = our_model(tmp_path / "hf", block_size=16)
+    assert torch.equal(ours.transformer.wpe.weight, theirs.transformer.wpe.weight[:16])
+    tokens = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (ours(tokens)[0] - theirs(tokens).logits).abs().max().item() < 1e-5
+
+
+def test_the_architecture_comes_from_the_source_and_a_flag_against_it_is_refused():
+    source = dict(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=32, bias=True)
+
+    def model_args(*flags):
+        given = set()
+        return fine_tune_model_args(config.parse_args(["--init_from=hf", *flags], given), given, source, "hf")
+
+    assert model_args("--dropout=0.2") == {**source, "dropout": 0.2}  # config.py's n_layer=6 etc. do not count
+    assert model_args("--block_size=32", "--n_layer=2")["block_size"] == 32
+    with pytest.raises(UserError, match="--n_layer=3 but hf has n_layer=2; --bias=False but hf has bias=True"):
+        model_args("--n_layer=3", "--bias=false")
+    with pytest.raises(UserError, match="--n_embd=384 but hf has n_embd=32"):
+        model_args(os.path.join(ROOT, "presets", "seed.py"), "--init_from=hf")  # a preset's architecture counts too
+    with pytest.raises(UserError, match="--block_size=65 is longer than the 64 positions of hf"):
+        model_args("--block_size=65")
+
+
+def test_a_gpt2_config_that_model_py_cannot_be_is_refused(tmp_path):
+    save_hf_gpt2(tmp_path / "hf")
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**hf_config, "activation_function": "relu"}))
+    with pytest.raises(UserError, match="activation_function='relu'"):
+        checkpoint.load_init_weights(str(tmp_path / "hf"))
+    with pytest.raises(UserError, match="not scratch, resume, an existing file or folder, or one of gpt2"):
+        checkpoint.load_init_weights(str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="holds neither best_model_params.pt"):
+        checkpoint.load_init_weights(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- train.py, as a user runs it
+
+def train(tiny_data, out_dir, *flags):
+    return run_script("train.py", f"--data_dir={tiny_data}", f"--out_dir={out_dir}", *flags)
+
+
+def metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_step_0_loss_of_a_hugging_face_model_is_transformers_loss_on_the_same_windows(tiny_data, tmp_path):
+    theirs = save_hf_gpt2(tmp_path / "hf")
+    result = train(tiny_data, tmp_path / "out", *RUN, f"--init_from={tmp_path / 'hf'}", "--block_size=32",
+                   "--max_iters=0")
+    assert result.returncode == 0, result.stderr
+    assert "architecture from them, n_layer=2, n_head=2, n_embd=32, bias=True, vocab_size=50257, " \
+           "block_size=32 of its 64 positions" in result.stdout
+    row = metrics(tmp_path / "out")[0]
+    cfg = config.parse_args([f"--data_dir={tiny_data}", *RUN, "--block_size=32"])
+    for split_index, (split, column) in enumerate((("train", "train_loss"), ("validation", "val_loss"))):
+        rng, losses = eval_rng(cfg.seed, split_index, 0), []
+        for _ in range(cfg.eval_iters):  # estimate_loss's windows; transformers shifts the labels itself
+            x, y = get_batch(tiny_data, split, cfg.batch_size, cfg.block_size, rng, "cpu")
+            window = torch.cat([x, y[:, -1:]], dim=1)
+            with torch.no_grad():
+                losses.append(theirs(window, labels=window).loss.item())
+        assert abs(float(row[column]) - sum(losses) / len(losses)) < 1e-5, split
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["model_args"] == dict(vocab_size=50257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.1,
+                                       bias=True)
+    assert saved["init"]["source"] == str(tmp_path / "hf")
+    assert saved["init"]["sha256"] == checkpoint.sha256(tmp_path / "hf" / "model.safetensors")
+    assert checkpoint.load_checkpoint(str(tmp_path / "out" / "ckpt.pt"))["init"] == saved["init"]
+
+
+@pytest.mark.slow
+def test_a_run_exported_and_fine_tuned_starts_at_the_runs_own_weights_and_loss(tiny_data, tmp_path):
+    source = tmp_path / "source"
+    assert train(tiny_data, source, *TINY_RUN, "--max_iters=4", "--eval_interval=2").returncode == 0
+    best = torch.load(source / "best_model_params.pt", weights_only=True)
+    best_loss = checkpoint.load_checkpoint(str(source / "ckpt.pt"))["best_val_loss"]
+    latest = checkpoint.load_checkpoint(str(source / "ckpt.pt"))["model"]
+    exported = run_script("export.py", "--out_dir", source, "--to", tmp_path / "hf")
+    assert exported.returncode == 0, exported.stderr
+    for name, init in (("folder", source), ("best", source / "best_model_params.pt"), ("ckpt", source / "ckpt.pt"),
+                       ("exported", tmp_path / "hf")):
+        result = train(tiny_data, tmp_path / name, *RUN, f"--init_from={init}", "--max_iters=0")
+        assert result.returncode == 0, (name, result.stderr)
+        started = torch.load(tmp_path / name / "best_model_params.pt", weights_only=True)
+        expected = latest if name == "ckpt" else best  # ckpt.pt holds the latest weights, not the best
+        assert all(torch.equal(started[k], expected[k]) for k in expected), name
+        if name != "ckpt":
+            assert checkpoint.load_checkpoint(str(tmp_path / name / "ckpt.pt"))["best_val_loss"] == best_loss, name
+
+
+@pytest.mark.slow
+def test_sample_eval_and_export_work_on_a_fine_tuned_run(tiny_data, tmp_path):
+    save_hf_gpt2(tmp_path / "hf")
+    result = train(tiny_data, tmp_path / "out", *RUN, f"--init_from={tmp_path / 'hf'}", "--max_iters=2",
+                   "--eval_interval=1")
+    assert result.returncode == 0, result.stderr
+    ours = checkpoint.load_model(str(tmp_path / "out" / "best_model_params.pt")).eval()
+    assert ours.config.block_size == 64 and ours.config.n_layer == 2
+    sampled = run_script("sample.py", "--out_dir", tmp_path / "out", "--max_new_tokens=5", "--device=cpu")
+    assert sampled.returncode == 0 and sampled.stdout.strip(), sampled.stderr
+    evaluated = run_script("eval.py", "--out_dir", tmp_path / "out", "--data_dir", tiny_data, "--device=cpu")
+    assert evaluated.returncode == 0 and "windows of 64 tokens" in evaluated.stdout, evaluated.stderr
+    exported = run_script("export.py", "--out_dir", tmp_path / "out", "--to", tmp_path / "hf2")
+    assert exported.returncode == 0, exported.stderr
+    tokens = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        theirs = GPT2LMHeadModel.from_pretrained(tmp_path / "hf2").eval()
+        assert (ours(tokens)[0] - theirs(tokens).logits).abs().max().item() < 1e-5
+
+
+@pytest.mark.slow
+def test_wrong_vocabulary_architecture_flags_and_a_hub_name_offline_are_one_line_and_write_nothing(
+        tiny_data, tmp_path, monkeypatch):
+    save_hf_gpt2(tmp_path / "small", vocab_size=1000)
+    assert_clean_error(train(tiny_data, tmp_path / "out", *RUN, f"--init_from={tmp_path / 'small'}"),
+                       "the data's vocabulary (50257 tokens", "does not fit the model's (1000 tokens")
+    save_hf_gpt2(tmp_path / "hf")
+    assert_clean_error(train(tiny_data, tmp_path / "out", *RUN, f"--init_from={tmp_path / 'hf'}", "--n_head=4"),
+                       "--n_head=4 but", "has n_head=2", "leave these flags out")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))
+    assert_clean_error(train(tiny_data, tmp_path / "out", *RUN, "--init_from=gpt2"),
+                       "gpt2 is not in the Hugging Face cache", "hf download gpt2", "--init_from=models/gpt2")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_fine_tune_into_a_busy_or_earlier_run_or_its_own_source_folder_is_refused(tiny_data, tmp_path):
+    save_hf_gpt2(tmp_path / "hf")
+    fine_tune = [*RUN, f"--init_from={tmp_path / 'hf'}", "--max_iters=1", "--eval_interval=1"]
+    assert train(tiny_data, tmp_path / "earlier", *TINY_RUN, "--max_iters=1").returncode == 0
+    before = (tmp_path / "earlier" / "ckpt.pt").read_bytes()
+    assert_clean_error(train(tiny_data, tmp_path / "earlier", *fine_tune), "already holds a run", "--overwrite=true")
+    assert (tmp_path / "earlier" / "ckpt.pt").read_bytes() == before
+    assert_clean_error(train(tiny_data, tmp_path / "earlier", *RUN, f"--init_from={tmp_path / 'earlier'}",
+                             "--overwrite=true"), "whose files this run would replace", "another --out_dir")
+    assert (tmp_path / "earlier" / "ckpt.pt").read_bytes() == before
+    os.makedirs(tmp_path / "busy")
+    lock = lock_out_dir(str(tmp_path / "busy"))  # as a train.py running there holds it
+    try:
+        assert_clean_error(train(tiny_data, tmp_path / "busy", *fine_tune), "is in use by another train.py")
+    finally:
+        lock.close()
+    assert not (tmp_path / "busy" / "ckpt.pt").exists()
+    assert train(tiny_data, tmp_path / "earlier", *fine_tune, "--overwrite=true").returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resuming_a_fine_tune_is_bit_identical_to_an_uninterrupted_one(tiny_data, tmp_path, optimizer):
+    save_hf_gpt2(tmp_path / "hf")
+    flags = [*RUN, "--max_iters=6", "--eval_interval=3", "--dropout=0.1", "--block_size=32", f"--optimizer={optimizer}"]
+    straight = train(tiny_data, tmp_path / "straight", f"--init_from={tmp_path / 'hf'}", *flags)
+    assert straight.returncode == 0, straight.stderr
+    first = train(tiny_data, tmp_path / "split", f"--init_from={tmp_path / 'hf'}", *flags, "--max_iters=3")
+    assert first.returncode == 0, first.stderr
+    # the architecture flags are not repeated: a resumed fine-tune keeps its source's
+    second = train(tiny_data, tmp_path / "split", "--init_from=resume", *[f for f in flags if "block_size" not in f])
+    assert second.returncode == 0, second.stderr
+    a = checkpoint.load_checkpoint(str(tmp_path / "straight/ckpt.pt"))
+    b = checkpoint.load_checkpoint(str(tmp_path / "split/ckpt.pt"))
+    assert a["step"] == b["step"] == 6 and a["init"] == b["init"] and a["init"]["source"] == str(tmp_path / "hf")
+    assert a["model_args"] == b["model_args"] and a["model_args"]["block_size"] == 32
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for name, state in a["optimizer"].items():
+        for index, tensors in state["state"].items():
+            for key, tensor in tensors.items():
+                assert torch.equal(tensor, b["optimizer"][name]["state"][index][key]), (name, index, key)
+    strip_time = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert strip_time(metrics(tmp_path / "straight")) == strip_time(metrics(tmp_path / "split"))
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["init"] == a["init"]
