@@ -15,7 +15,8 @@ import config
 from common import UserError
 from conftest import ROOT, TINY_RUN, assert_clean_error, run_script
 from model import GPT, GPTConfig, apply_rotary
-from train import architecture, make_optimizers, resume, rng_state, set_learning_rates, train_step, training_batch
+from train import (make_optimizers, resume, rng_state, scratch_model_args, set_learning_rates, train_step,
+                   training_batch)
 
 SMALL = dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 MODERN = dict(pos_emb="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, bias=False)  # presets/modern.py
@@ -126,7 +127,7 @@ def test_each_option_trains_a_tiny_model(tiny_data, options, optimizer):
                              "--learning_rate=1e-2", "--min_lr=1e-3", "--warmup_iters=2", "--lr_decay_iters=12",
                              *flags])
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**architecture(cfg, 50257)))
+    model = GPT(GPTConfig(**scratch_model_args(cfg, 50257)))
     assert all(getattr(model.config, k) == v for k, v in options.items())
     optimizers = make_optimizers(model, cfg, "cpu")
     scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -185,19 +186,19 @@ def test_learned_positions_still_refuse_a_sequence_longer_than_block_size():
 def test_a_checkpoint_from_before_the_options_resumes_as_gpt2_and_another_option_is_refused(tiny_data, tmp_path):
     flags = [f"--data_dir={tiny_data}", "--block_size=32", "--n_layer=2", "--n_head=2", "--n_embd=32"]
     cfg = config.parse_args(flags)
-    model = GPT(GPTConfig(**architecture(cfg, 50257)))
+    model = GPT(GPTConfig(**scratch_model_args(cfg, 50257)))
     optimizers = make_optimizers(model, cfg, "cpu")
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     old_args = dict(vocab_size=50257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.1, bias=True)
     checkpoint.save({"model": model.state_dict(), "optimizer": {"adamw": optimizers["adamw"].state_dict()},
                      "scaler": scaler.state_dict(), "model_args": old_args, "config": vars(cfg), "step": 1,
                      "best_val_loss": 9.0, "rng": [rng_state()]}, str(tmp_path / "ckpt.pt"))
-    step, _, _ = resume(str(tmp_path / "ckpt.pt"), model, optimizers, "adamw", scaler, architecture(cfg, 50257),
+    step, _, _ = resume(str(tmp_path / "ckpt.pt"), model, optimizers, "adamw", scaler, scratch_model_args(cfg, 50257),
                         0, 1, lambda *a: None)
     assert step == 1
     rope_cfg = config.parse_args([*flags, "--pos_emb=rope"])
     with pytest.raises(UserError, match="pos_emb=learned in the checkpoint but rope now"):
-        resume(str(tmp_path / "ckpt.pt"), model, optimizers, "adamw", scaler, architecture(rope_cfg, 50257),
+        resume(str(tmp_path / "ckpt.pt"), model, optimizers, "adamw", scaler, scratch_model_args(rope_cfg, 50257),
                0, 1, lambda *a: None)
 
 
