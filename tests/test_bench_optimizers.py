@@ -5,15 +5,21 @@ import pytest
 from conftest import assert_clean_error, make_stories, run_script
 
 
-@pytest.mark.slow
-def test_the_comparison_runs_on_a_small_text_and_appends_its_rows(tmp_path):
+def bench_on_stories(tmp_path, *flags):
+    """bench_optimizers.py on 200 synthetic stories, a 1-layer model and 4 steps; (result, output file)."""
     text = tmp_path / "stories.txt"
     text.write_text("\n\n".join(make_stories(200)), encoding="utf-8")
     output = tmp_path / "BENCHMARKS.md"
     result = run_script("bench_optimizers.py", "--text", text, "--steps=4", "--warmup=1", "--eval_every=2",
                         "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
-                        "--adamw_lrs=1e-3,3e-3", "--muon_lrs=0.02", "--output", output)
+                        *flags, "--output", output)
     assert result.returncode == 0, result.stderr
+    return result, output
+
+
+@pytest.mark.slow
+def test_the_comparison_runs_on_a_small_text_and_appends_its_rows(tmp_path):
+    result, output = bench_on_stories(tmp_path, "--adamw_lrs=1e-3,3e-3", "--muon_lrs=0.02")
     record = output.read_text()
     assert record.strip() in result.stdout and f"appended to {output}" in result.stdout
     for row in ("| AdamW lr 0.001, 4 steps |", "| AdamW lr 0.003, 4 steps", "| Muon lr 0.02, 4 steps (best) |",
@@ -30,14 +36,8 @@ def test_a_missing_text_is_a_clean_error(tmp_path):
 
 @pytest.mark.slow
 def test_archs_compares_the_modern_block_with_gpt2_under_each_optimizer(tmp_path):
-    text = tmp_path / "stories.txt"
-    text.write_text("\n\n".join(make_stories(200)), encoding="utf-8")
-    output = tmp_path / "BENCHMARKS.md"
-    result = run_script("bench_optimizers.py", "--text", text, "--steps=4", "--warmup=1", "--eval_every=2",
-                        "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
-                        "--adamw_lrs=1e-3", "--muon_lrs=0.02", "--archs=gpt2,modern", "--arch_budget=0.5",
-                        "--output", output)
-    assert result.returncode == 0, result.stderr
+    _, output = bench_on_stories(tmp_path, "--adamw_lrs=1e-3", "--muon_lrs=0.02", "--archs=gpt2,modern",
+                                 "--arch_budget=0.5")
     record = output.read_text()
     for row in ("| AdamW lr 0.001, 4 steps (best) |", "| modern, AdamW lr 0.001, 4 steps (best) |",
                 "| modern, Muon lr 0.02, 4 steps (best) |", "GPT-2's block and presets/modern.py's",
