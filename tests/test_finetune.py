@@ -101,6 +101,26 @@ def test_the_architecture_comes_from_the_source_and_a_flag_against_it_is_refused
         model_args("--block_size=65")
 
 
+def test_a_run_with_the_modern_block_is_fine_tuned_with_its_options_and_weights(tmp_path):
+    options = dict(pos_emb="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, bias=False)
+    args = dict(vocab_size=50257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **options)
+    torch.manual_seed(0)
+    source = GPT(GPTConfig(**args))
+    with torch.no_grad():  # trained weights: the zero-initialized projections are not zero any more
+        for p in source.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    checkpoint.save(source.state_dict(), str(tmp_path / "best_model_params.pt"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_args": args}))
+    ours, _ = our_model(tmp_path)  # no position table to crop, and the options of the run
+    assert {k: getattr(ours.config, k) for k in options} == options
+    assert ours.state_dict().keys() == source.state_dict().keys()
+    assert all(torch.equal(t, source.state_dict()[k]) for k, t in ours.state_dict().items())
+    given = set()
+    cfg = config.parse_args([f"--init_from={tmp_path}", "--pos_emb=learned"], given)
+    with pytest.raises(UserError, match="--pos_emb=learned but .* has pos_emb=rope"):
+        fine_tune_model_args(cfg, given, checkpoint.load_init_weights(str(tmp_path))[1], str(tmp_path))
+
+
 def test_a_gpt2_config_that_model_py_cannot_be_is_refused(tmp_path):
     save_hf_gpt2(tmp_path / "hf")
     hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
