@@ -17,7 +17,7 @@ from dataclasses import fields
 
 import torch
 
-from common import UserError, atomic_write, first_line
+from common import UserError, atomic_write, first_line, last_line
 from model import GPT, GPTConfig
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
@@ -117,8 +117,7 @@ def load_model(path, device="cpu"):
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
-        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-        raise UserError(f"{path} does not fit the architecture {model_args}: {lines[-1]}") from e
+        raise UserError(f"{path} does not fit the architecture {model_args}: {last_line(e)}") from e
     return model.to(device)
 
 
@@ -153,8 +152,13 @@ def load_init_weights(source):
         state_dict, model_args = load_hf_gpt2(path)
     else:
         state_dict, model_args = load_weights(path)
-    architecture = {k: model_args.get(k, getattr(GPTConfig, k)) for k in ARCHITECTURE}
-    return state_dict, architecture, {"source": source, "file": os.path.abspath(path), "sha256": sha256(path)}
+    return state_dict, architecture_of(model_args), {"source": source, "file": os.path.abspath(path), "sha256": sha256(path)}
+
+
+def architecture_of(model_args):
+    """model_args' ARCHITECTURE, with GPT-2's defaults for the options a file predates (a GPT-2
+    folder, or a run saved before the modern block's options existed)."""
+    return {k: model_args.get(k, getattr(GPTConfig, k)) for k in ARCHITECTURE}
 
 
 def download_gpt2(name):
@@ -248,10 +252,10 @@ def sha256(path):
 
 
 def fine_tune_record(ckpt_path):
-    """(model_args, record) of the run in ckpt_path when it is a fine-tune (see load_init_weights);
+    """(architecture, record) of the run in ckpt_path when it is a fine-tune (see load_init_weights);
     None for a run from scratch, or a ckpt.pt that cannot be read (resume() then says why)."""
     try:  # mmap: only the few values read here come from disk
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        return (state["model_args"], state["init"]) if state.get("init") else None
+        return (architecture_of(state["model_args"]), state["init"]) if state.get("init") else None
     except Exception:
         return None

@@ -41,6 +41,12 @@ def first_line(exception):
     return text.splitlines()[0] if text else "no message"
 
 
+def last_line(exception):
+    """The last non-blank line of an exception's message: where load_state_dict names what did not fit."""
+    lines = [line.strip() for line in str(exception).splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
 def underscored(arg):
     """`--out-dir=x` -> `--out_dir=x`: only the flag's name changes, never its value."""
     if not arg.startswith("--"):

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 import checkpoint
 import config
 import cpu_fast_paths
-from common import (UserError, WriteError, atomic_write, first_line, make_output_dir, native_bf16,
+from common import (UserError, WriteError, atomic_write, first_line, last_line, make_output_dir, native_bf16,
                     remove_stale_temp_files, resolve_device, run_main, warn_if_bf16_is_emulated)
 from data import batch_rng, bits_per_byte, eval_rng, get_batch, load_meta
 from model import GPT, GPTConfig
@@ -398,9 +398,8 @@ def load_fine_tune_source(cfg):
 
 def fine_tune_model_args(cfg, given, architecture, source):
     """model_args of a run that starts from trained weights (or resumes such a run): their
-    architecture, this run's dropout, and block_size at most their number of positions (all of them
+    architecture (checkpoint.architecture_of), this run's dropout, and block_size at most their number of positions (all of them
     unless --block_size is given). A flag (or preset) in `given` that contradicts them is refused."""
-    architecture = {k: architecture.get(k, GPT_DEFAULTS[k]) for k in checkpoint.ARCHITECTURE}  # (older runs: GPT-2)
     conflicts = [f"--{k}={getattr(cfg, k)} but {source} has {k}={v}" for k, v in architecture.items()
                  if k in given and k not in ("block_size", "vocab_size") and getattr(cfg, k) != v]
     if conflicts:
@@ -414,6 +413,27 @@ def fine_tune_model_args(cfg, given, architecture, source):
     return {**architecture, "block_size": block_size, "dropout": cfg.dropout}
 
 
+def model_args_and_data(cfg, given, architecture, init, log):
+    """(model_args, the data's meta.json). From scratch the architecture is config.py's and the
+    flags'; a fine-tune (or a resumed one) takes its source's, which cfg then follows, and the
+    data's vocabulary must fit it."""
+    if init is None:
+        meta = load_meta(cfg.data_dir, cfg.block_size)
+        return scratch_model_args(cfg, meta["vocab_size"]), meta
+    model_args = fine_tune_model_args(cfg, given, architecture, init["source"])
+    vars(cfg).update({k: v for k, v in model_args.items() if k != "vocab_size"})
+    meta = load_meta(cfg.data_dir, model_args["block_size"])
+    if meta["vocab_size"] > model_args["vocab_size"]:
+        raise UserError(f"the data's vocabulary ({meta['vocab_size']} tokens, {cfg.data_dir}/meta.json) does not "
+                        f"fit the model's ({model_args['vocab_size']} tokens, {init['source']}); prepare the data "
+                        "with the model's tokenizer, or start from a model with the data's vocabulary")
+    log(f"{'started' if cfg.init_from == 'resume' else 'starting'} from the weights of {init['source']} "
+        f"({init['file']}, sha256 {init['sha256'][:16]}...): architecture from them, "
+        + ", ".join(f"{k}={model_args[k]}" for k in ("n_layer", "n_head", "n_embd", "bias", "vocab_size"))
+        + f", block_size={model_args['block_size']} of its {architecture['block_size']} positions")
+    return model_args, meta
+
+
 def load_fine_tune_weights(model, state_dict, source):
     """Copy the weights a fine-tune starts from into `model`; their position table is cropped to
     the model's block_size (the first positions are the ones a shorter context uses)."""
@@ -423,8 +443,7 @@ def load_fine_tune_weights(model, state_dict, source):
     try:
         model.load_state_dict(state_dict)
     except (RuntimeError, TypeError) as e:
-        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-        raise UserError(f"the weights of {source} do not fit its own architecture ({lines[-1]}); "
+        raise UserError(f"the weights of {source} do not fit its own architecture ({last_line(e)}); "
                         "the file is damaged or not a GPT-2") from e
 
 
@@ -578,22 +597,7 @@ def main():
     if cfg.init_from == "resume":
         architecture, init = checkpoint.fine_tune_record(ckpt_path) or (None, None)
 
-    # the architecture: config.py's and the flags' from scratch, the source's for a fine-tune
-    if init is None:
-        meta = load_meta(cfg.data_dir, cfg.block_size)
-        model_args = scratch_model_args(cfg, meta["vocab_size"])
-    else:
-        model_args = fine_tune_model_args(cfg, given, architecture, init["source"])
-        vars(cfg).update({k: v for k, v in model_args.items() if k != "vocab_size"})
-        meta = load_meta(cfg.data_dir, model_args["block_size"])
-        if meta["vocab_size"] > model_args["vocab_size"]:
-            raise UserError(f"the data's vocabulary ({meta['vocab_size']} tokens, {cfg.data_dir}/meta.json) does not "
-                            f"fit the model's ({model_args['vocab_size']} tokens, {init['source']}); prepare the data "
-                            "with the model's tokenizer, or start from a model with the data's vocabulary")
-        log(f"{'starting' if fine_tune else 'started'} from the weights of {init['source']} ({init['file']}, "
-            f"sha256 {init['sha256'][:16]}...): architecture from them, "
-            + ", ".join(f"{k}={model_args[k]}" for k in ("n_layer", "n_head", "n_embd", "bias", "vocab_size"))
-            + f", block_size={model_args['block_size']} of its {architecture['block_size']} positions")
+    model_args, meta = model_args_and_data(cfg, given, architecture, init, log)
 
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     make_output_dir(cfg.out_dir, "--out_dir")  # the first thing written: bad input above leaves no trace

@@ -85,7 +85,8 @@ def test_a_shorter_block_size_crops_the_position_table(tmp_path):
 
 
 def test_the_architecture_comes_from_the_source_and_a_flag_against_it_is_refused():
-    source = dict(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=32, bias=True)
+    gpt2 = dict(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=32, bias=True)
+    source = checkpoint.architecture_of(gpt2)  # as load_init_weights reads a GPT-2 folder
 
     def model_args(*flags):
         given = set()
@@ -93,7 +94,7 @@ def test_the_architecture_comes_from_the_source_and_a_flag_against_it_is_refused
 
     gpt2_options = dict(pos_emb="learned", qk_norm=False, mlp="gelu", zero_init_proj=False)  # (not in a GPT-2 file)
     # config.py's n_layer=6 etc. do not count, only what a flag or preset sets
-    assert model_args("--dropout=0.2") == {**source, **gpt2_options, "dropout": 0.2}
+    assert model_args("--dropout=0.2") == {**gpt2, **gpt2_options, "dropout": 0.2}
     assert model_args("--block_size=32", "--n_layer=2")["block_size"] == 32
     with pytest.raises(UserError, match="--n_layer=3 but hf has n_layer=2; --bias=False but hf has bias=True"):
         model_args("--n_layer=3", "--bias=false")
