@@ -27,6 +27,8 @@ ARCHITECTURE = ("n_layer", "n_head", "n_embd", "bias", "vocab_size", "block_size
                 "zero_init_proj")
 # Our nn.Linear weights are (out, in); GPT-2's Conv1D keeps them as (in, out).
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# A Hugging Face folder's weights: one file, or shards listed by an index (save_pretrained splits big models).
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -141,18 +143,19 @@ def load_init_weights(source):
     if folder is not None and os.path.isfile(os.path.join(folder, "best_model_params.pt")):
         path = os.path.join(folder, "best_model_params.pt")  # a run of ours: its best weights
     elif folder is not None:
-        path = next((os.path.join(folder, name) for name in ("model.safetensors", "pytorch_model.bin")
-                     if os.path.isfile(os.path.join(folder, name))), None)
+        path = next((os.path.join(folder, name) for name in HF_WEIGHTS if os.path.isfile(os.path.join(folder, name))),
+                    None)
         if path is None or not os.path.isfile(os.path.join(folder, "config.json")):
             raise UserError(f"{folder} holds neither best_model_params.pt (a run of train.py) nor config.json with "
                             "model.safetensors or pytorch_model.bin (a Hugging Face GPT-2); give one of those")
     else:
         path = source
-    if path.endswith((".safetensors", "pytorch_model.bin")):
-        state_dict, model_args = load_hf_gpt2(path)
+    if path.endswith(HF_WEIGHTS):
+        state_dict, model_args, files = load_hf_gpt2(path)
     else:
-        state_dict, model_args = load_weights(path)
-    return state_dict, architecture_of(model_args), {"source": source, "file": os.path.abspath(path), "sha256": sha256(path)}
+        (state_dict, model_args), files = load_weights(path), [path]
+    return state_dict, architecture_of(model_args), {"source": source, "file": os.path.abspath(path),
+                                                     "sha256": sha256(*files)}
 
 
 def architecture_of(model_args):
@@ -177,8 +180,8 @@ def download_gpt2(name):
 
 
 def load_hf_gpt2(path):
-    """(state_dict, model_args) of a Hugging Face GPT2LMHeadModel's weights file and the config.json
-    beside it, under our names and layouts."""
+    """(state_dict, model_args, files) of a Hugging Face GPT2LMHeadModel's weights (one of
+    HF_WEIGHTS) and the config.json beside them, under our names and layouts; files: those read."""
     config_path = os.path.join(os.path.dirname(path), "config.json")
     try:
         with open(config_path) as f:
@@ -199,7 +202,10 @@ def load_hf_gpt2(path):
     if unlike:
         raise UserError(f"{config_path} describes a model that model.py cannot be ({', '.join(unlike)}); "
                         "only GPT-2's architecture (GPT2LMHeadModel) loads")
-    tensors = read_safetensors(path) if path.endswith(".safetensors") else load_checkpoint(path)
+    files = hf_shards(path) if path.endswith(".index.json") else [path]
+    tensors = {}
+    for file in files:
+        tensors.update(read_safetensors(file) if file.endswith(".safetensors") else load_checkpoint(file))
     state_dict = {}
     for name, tensor in tensors.items():
         if name.endswith((".attn.bias", ".attn.masked_bias")):  # older files store the causal mask as a buffer
@@ -212,7 +218,18 @@ def load_hf_gpt2(path):
         raise UserError(f"{path} has an LM head of its own, and model.py's is the token embedding; "
                         "only a GPT-2 with tied embeddings loads")
     state_dict["lm_head.weight"] = wte if wte is not None else lm_head
-    return state_dict, model_args
+    return state_dict, model_args, files
+
+
+def hf_shards(index_path):
+    """The shard files a Hugging Face *.index.json names (its weight_map: tensor -> file), in order."""
+    try:
+        with open(index_path) as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{index_path} is not a readable index of weight shards ({type(e).__name__}: "
+                        f"{first_line(e)}); download or save the model again") from e
+    return [os.path.join(os.path.dirname(index_path), name) for name in names]
 
 
 def read_safetensors(path):
@@ -242,12 +259,14 @@ def read_safetensors(path):
     return tensors
 
 
-def sha256(path):
-    """The file's sha256, hex: which weights a fine-tune started from, whatever their path later."""
+def sha256(*paths):
+    """The sha256 of the files, one after the other, hex: which weights a fine-tune started from,
+    whatever their path later (a sharded model's: of its shards in order)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 

@@ -564,10 +564,11 @@ def import_wandb():
     return wandb
 
 
-def start_wandb(wandb, cfg, run_id):
+def start_wandb(wandb, cfg, run_id, init):
     """The run's Weights & Biases log: a new W&B run, or with the id saved in ckpt.pt the same one
-    continued. Its files go into out_dir/wandb (WANDB_MODE=offline keeps them there only)."""
-    return wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or None, config=vars(cfg),
+    continued. Its config is the run's, with a fine-tune's source (init: path, file and sha256).
+    Its files go into out_dir/wandb (WANDB_MODE=offline keeps them there only)."""
+    return wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or None, config={**vars(cfg), "init": init},
                       id=run_id, resume="allow" if run_id else None, dir=cfg.out_dir)
 
 
@@ -648,7 +649,7 @@ def main():
     saved_step = resumed_at  # the step whose state ckpt.pt on disk holds
     start_time = last_log_time = time.time()
     last_log_step = step
-    tracker = start_wandb(wandb, cfg, wandb_run_id) if wandb else None
+    tracker = start_wandb(wandb, cfg, wandb_run_id, init) if wandb else None
     save = functools.partial(save_checkpoint, ckpt_path, raw_model, optimizers, scaler, model_args, cfg,
                              world_size=world_size, wandb_run_id=tracker.id if tracker else wandb_run_id, init=init)
     with explain_write_failures(cfg.out_dir), explain_compile_failures(use_compile):

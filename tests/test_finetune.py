@@ -10,10 +10,12 @@ import torch
 import checkpoint
 import config
 from common import UserError
-from conftest import ROOT, TINY_RUN, assert_clean_error, run_script
+from conftest import ROOT, TINY_RUN, assert_clean_error, copy_of, run_script
 from data import eval_rng, get_batch
 from export import write_safetensors
 from model import GPT, GPTConfig
+from test_ddp import FLAGS as DDP_FLAGS, TOLERANCE as DDP_TOLERANCE, torchrun
+from test_train_gpu_path import BF16_STEP0_TOLERANCE, FAST_LEARNING, eval_losses
 from train import fine_tune_model_args, load_fine_tune_weights, lock_out_dir
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # transformers must never try the network in these tests
@@ -26,8 +28,9 @@ RUN = [f for f in TINY_RUN if not f.startswith(("--n_layer", "--n_head", "--n_em
 def save_hf_gpt2(folder, layout="safetensors", vocab_size=50257, n_positions=64):
     """A tiny random GPT2LMHeadModel saved as a Hugging Face folder; the model, in eval mode.
 
-    layout: 'safetensors' (save_pretrained), 'bin' (pytorch_model.bin, as save_pretrained(...,
-    safe_serialization=False) writes it), or 'openai' (the names of OpenAI's files on the hub:
+    layout: 'safetensors' (save_pretrained), 'sharded' (save_pretrained's shards of a big model, and
+    their index), 'bin' (pytorch_model.bin, as save_pretrained(..., safe_serialization=False) writes
+    it), or 'openai' (the names of OpenAI's files on the hub:
     no `transformer.` prefix, and the causal-mask buffers `attn.bias`). Every weight is perturbed,
     so that a mix-up of any tensor's name or layout shows in the logits."""
     torch.manual_seed(0)
@@ -38,6 +41,8 @@ def save_hf_gpt2(folder, layout="safetensors", vocab_size=50257, n_positions=64)
             p.add_(0.05 * torch.randn_like(p))
     if layout == "safetensors":
         model.save_pretrained(folder)
+    elif layout == "sharded":
+        model.save_pretrained(folder, max_shard_size="2MB")  # the token embedding alone is 6.4 MB
     elif layout == "bin":
         model.save_pretrained(folder, safe_serialization=False)
         if not os.path.isfile(os.path.join(folder, "pytorch_model.bin")):  # transformers 5 writes safetensors only
@@ -62,7 +67,7 @@ def our_model(source, block_size=None, dropout=0.0):
     return model.eval(), record
 
 
-@pytest.mark.parametrize("layout", ["safetensors", "bin", "openai"])
+@pytest.mark.parametrize("layout", ["safetensors", "sharded", "bin", "openai"])
 def test_a_hugging_face_gpt2_folder_gives_transformers_logits(tmp_path, layout):
     theirs = save_hf_gpt2(tmp_path / "hf", layout)
     ours, record = our_model(tmp_path / "hf")
@@ -70,9 +75,13 @@ def test_a_hugging_face_gpt2_folder_gives_transformers_logits(tmp_path, layout):
     tokens = torch.randint(0, 50257, (3, 64), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (ours(tokens)[0] - theirs(tokens).logits).abs().max().item() < 1e-5
-    weights = "pytorch_model.bin" if layout == "bin" else "model.safetensors"
+    weights = {"bin": "pytorch_model.bin", "sharded": "model.safetensors.index.json"}.get(layout, "model.safetensors")
     assert record["file"] == str(tmp_path / "hf" / weights)
-    assert record["sha256"] == checkpoint.sha256(tmp_path / "hf" / weights) and len(record["sha256"]) == 64
+    files = [record["file"]]
+    if layout == "sharded":  # the sha256 of every shard, in order
+        files = sorted(str(path) for path in tmp_path.glob("hf/model-*-of-*.safetensors"))
+        assert len(files) > 1
+    assert record["sha256"] == checkpoint.sha256(*files) and len(record["sha256"]) == 64
 
 
 def test_a_shorter_block_size_crops_the_position_table(tmp_path):
@@ -136,6 +145,18 @@ def test_a_gpt2_config_that_model_py_cannot_be_is_refused(tmp_path):
         checkpoint.load_init_weights(str(tmp_path))
 
 
+def test_a_broken_shard_index_or_a_missing_shard_is_one_line(tmp_path):
+    save_hf_gpt2(tmp_path / "hf", "sharded")
+    index = tmp_path / "hf" / "model.safetensors.index.json"
+    first_shard = min(tmp_path.glob("hf/model-*-of-*.safetensors"))
+    first_shard.unlink()
+    with pytest.raises(UserError, match=f"cannot read {first_shard}: No such file"):
+        checkpoint.load_init_weights(str(tmp_path / "hf"))
+    index.write_text('{"weight_map": ')
+    with pytest.raises(UserError, match="is not a readable index of weight shards .*save the model again"):
+        checkpoint.load_init_weights(str(tmp_path / "hf"))
+
+
 # ----------------------------------------------------------------------------- train.py, as a user runs it
 
 def train(tiny_data, out_dir, *flags):
@@ -174,23 +195,22 @@ def test_step_0_loss_of_a_hugging_face_model_is_transformers_loss_on_the_same_wi
 
 
 @pytest.mark.slow
-def test_a_run_exported_and_fine_tuned_starts_at_the_runs_own_weights_and_loss(tiny_data, tmp_path):
-    source = tmp_path / "source"
-    assert train(tiny_data, source, *TINY_RUN, "--max_iters=4", "--eval_interval=2").returncode == 0
+def test_a_run_exported_and_fine_tuned_starts_at_the_runs_own_weights_and_loss(tiny_data, trained_run, tmp_path):
+    source = trained_run
     best = torch.load(source / "best_model_params.pt", weights_only=True)
     best_loss = checkpoint.load_checkpoint(str(source / "ckpt.pt"))["best_val_loss"]
-    latest = checkpoint.load_checkpoint(str(source / "ckpt.pt"))["model"]
     exported = run_script("export.py", "--out_dir", source, "--to", tmp_path / "hf")
     assert exported.returncode == 0, exported.stderr
-    for name, init in (("folder", source), ("best", source / "best_model_params.pt"), ("ckpt", source / "ckpt.pt"),
-                       ("exported", tmp_path / "hf")):
+    for name, init in (("folder", source), ("best", source / "best_model_params.pt"), ("exported", tmp_path / "hf")):
         result = train(tiny_data, tmp_path / name, *RUN, f"--init_from={init}", "--max_iters=0")
         assert result.returncode == 0, (name, result.stderr)
         started = torch.load(tmp_path / name / "best_model_params.pt", weights_only=True)
-        expected = latest if name == "ckpt" else best  # ckpt.pt holds the latest weights, not the best
-        assert all(torch.equal(started[k], expected[k]) for k in expected), name
-        if name != "ckpt":
-            assert checkpoint.load_checkpoint(str(tmp_path / name / "ckpt.pt"))["best_val_loss"] == best_loss, name
+        assert all(torch.equal(started[k], best[k]) for k in best), name
+        assert checkpoint.load_checkpoint(str(tmp_path / name / "ckpt.pt"))["best_val_loss"] == best_loss, name
+    # ckpt.pt holds the run's latest weights, not its best: a fine-tune from it starts from those
+    latest = checkpoint.load_checkpoint(str(source / "ckpt.pt"))["model"]
+    state_dict, _, record = checkpoint.load_init_weights(str(source / "ckpt.pt"))
+    assert all(torch.equal(state_dict[k], latest[k]) for k in latest) and record["file"] == str(source / "ckpt.pt")
 
 
 @pytest.mark.slow
@@ -230,10 +250,10 @@ def test_wrong_vocabulary_architecture_flags_and_a_hub_name_offline_are_one_line
 
 
 @pytest.mark.slow
-def test_a_fine_tune_into_a_busy_or_earlier_run_or_its_own_source_folder_is_refused(tiny_data, tmp_path):
+def test_a_fine_tune_into_a_busy_or_earlier_run_or_its_own_source_folder_is_refused(tiny_data, trained_run, tmp_path):
     save_hf_gpt2(tmp_path / "hf")
     fine_tune = [*RUN, f"--init_from={tmp_path / 'hf'}", "--max_iters=1", "--eval_interval=1"]
-    assert train(tiny_data, tmp_path / "earlier", *TINY_RUN, "--max_iters=1").returncode == 0
+    copy_of(trained_run, tmp_path, "earlier")
     before = (tmp_path / "earlier" / "ckpt.pt").read_bytes()
     assert_clean_error(train(tiny_data, tmp_path / "earlier", *fine_tune), "already holds a run", "--overwrite=true")
     assert (tmp_path / "earlier" / "ckpt.pt").read_bytes() == before
@@ -275,3 +295,43 @@ def test_resuming_a_fine_tune_is_bit_identical_to_an_uninterrupted_one(tiny_data
     strip_time = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
     assert strip_time(metrics(tmp_path / "straight")) == strip_time(metrics(tmp_path / "split"))
     assert json.loads((tmp_path / "split" / "config.json").read_text())["init"] == a["init"]
+
+
+# ----------------------------------------------------------------------------- the GPU path: DDP, bf16, compile
+
+@pytest.mark.slow
+def test_a_fine_tune_under_torchrun_matches_one_process(tiny_data, tmp_path):
+    save_hf_gpt2(tmp_path / "hf")
+    # DDP_FLAGS name the source's own n_layer/n_head/n_embd, which a fine-tune accepts
+    flags = [f"--data_dir={tiny_data}", *DDP_FLAGS, f"--init_from={tmp_path / 'hf'}", "--max_iters=2"]
+    ddp = torchrun(*flags, f"--out_dir={tmp_path / 'ddp'}")
+    assert ddp.returncode == 0, ddp.stderr
+    assert "starting from the weights of" in ddp.stdout and "2 process(es)" in ddp.stdout
+    single = run_script("train.py", *flags, f"--out_dir={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr
+    ddp_state = checkpoint.load_checkpoint(str(tmp_path / "ddp/ckpt.pt"))
+    single_state = checkpoint.load_checkpoint(str(tmp_path / "single/ckpt.pt"))
+    assert ddp_state["step"] == 2 and ddp_state["init"] == single_state["init"]
+    assert ddp_state["init"]["source"] == str(tmp_path / "hf")
+    worst = max((ddp_state["model"][k] - v).abs().max().item() for k, v in single_state["model"].items())
+    assert worst < DDP_TOLERANCE, worst
+
+
+@pytest.mark.slow
+def test_a_fine_tune_with_muon_bf16_autocast_and_compile_starts_at_the_sources_loss_and_trains(tiny_data, tmp_path):
+    # (also the one run of Muon's step under autocast and torch.compile)
+    save_hf_gpt2(tmp_path / "hf")
+    flags = [*RUN, f"--init_from={tmp_path / 'hf'}", "--block_size=32", "--dropout=0", *FAST_LEARNING,
+             "--optimizer=muon"]
+    fp32 = train(tiny_data, tmp_path / "fp32", *flags, "--max_iters=0", "--dtype=float32")
+    bf16 = train(tiny_data, tmp_path / "bf16", *flags, "--max_iters=6", "--eval_interval=6", "--dtype=bfloat16",
+                 "--compile=true")
+    assert fp32.returncode == 0, fp32.stderr
+    assert bf16.returncode == 0, bf16.stderr
+    assert "bfloat16, compile True" in bf16.stdout and "optimizer muon" in bf16.stdout
+    losses = eval_losses(bf16.stdout)
+    # the source's weights at step 0: only bf16 rounding separates its loss from float32's
+    assert abs(losses[0] - eval_losses(fp32.stdout)[0]) < BF16_STEP0_TOLERANCE, (losses, fp32.stdout)
+    assert losses[6] < losses[0] - 0.5, losses  # finite and falling
+    best = torch.load(tmp_path / "bf16" / "best_model_params.pt", weights_only=True)
+    assert all(not k.startswith("_orig_mod.") for k in best)  # saved as the plain model, ready for sample.py

@@ -88,6 +88,23 @@ def test_a_run_logs_its_config_log_lines_and_evaluations_and_resumes_the_same_w_
 
 
 @pytest.mark.slow
+def test_a_fine_tune_logs_where_its_weights_came_from_and_its_starting_loss(tiny_data, tmp_path):
+    from test_finetune import save_hf_gpt2
+    import checkpoint
+
+    save_hf_gpt2(tmp_path / "hf")
+    result = train_offline(tiny_data, tmp_path / "out", f"--init_from={tmp_path / 'hf'}", "--max_iters=2",
+                           "--eval_interval=2")
+    assert result.returncode == 0, result.stderr
+    _, _, config, history = logged_run(tmp_path / "out")
+    assert config["init_from"] == str(tmp_path / "hf")
+    assert config["init"]["sha256"] == checkpoint.sha256(tmp_path / "hf" / "model.safetensors")
+    with open(tmp_path / "out" / "metrics.csv") as f:
+        starting = next(csv.DictReader(f))
+    assert starting["step"] == "0" and history[0]["val_loss"] == pytest.approx(float(starting["val_loss"]))
+
+
+@pytest.mark.slow
 def test_wandb_log_without_the_wandb_package_says_how_to_install_it(tiny_data, tmp_path):
     hide_wandb = ("import runpy, sys; sys.modules['wandb'] = None; sys.argv = sys.argv[1:]; "
                   "runpy.run_path(sys.argv[0], run_name='__main__')")

@@ -70,17 +70,6 @@ def test_bf16_autocast_with_compile_trains_like_float32_and_samples(tiny_data, t
     assert sampled.stdout.startswith("Once upon a time")
 
 
-@pytest.mark.slow
-def test_muon_with_bf16_autocast_and_compile_trains(tiny_data, tmp_path):
-    bf16 = run_script("train.py", *TINY_RUN, f"--data_dir={tiny_data}", "--max_iters=8", "--eval_interval=8",
-                      "--dropout=0", *FAST_LEARNING, "--optimizer=muon", f"--out_dir={tmp_path}", "--dtype=bfloat16",
-                      "--compile=true")
-    assert bf16.returncode == 0, bf16.stderr
-    assert "bfloat16, compile True" in bf16.stdout and "optimizer muon" in bf16.stdout
-    losses = eval_losses(bf16.stdout)
-    assert losses[8] < losses[0] - 0.5, losses
-
-
 # ----------------------------------------------------------------------------- float16 + GradScaler
 
 def one_step(model, optimizers, scaler, tiny_data):
