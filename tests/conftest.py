@@ -1,6 +1,7 @@
 """Shared test setup: the real GPT-2 tokenizer offline, and a small corpus of stories."""
 import os
 import random
+import shutil
 import sys
 
 import pytest
@@ -102,3 +103,19 @@ def tiny_data(tmp_path_factory, offline_tokenizer):
                         "--val_fraction", "0.1")
     assert result.returncode == 0, result.stderr
     return folder / "data"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data, tmp_path_factory):
+    """A finished tiny run (2 steps of TINY_RUN, evaluated at each), made once: tests that resume,
+    refuse or damage a run work on a copy_of it."""
+    out_dir = tmp_path_factory.mktemp("trained")
+    result = run_script("train.py", f"--data_dir={tiny_data}", f"--out_dir={out_dir}", *TINY_RUN, "--max_iters=2",
+                        "--eval_interval=1")
+    assert result.returncode == 0, result.stderr
+    return out_dir
+
+
+def copy_of(folder, tmp_path, name=None):
+    """A copy of the run in `folder`, as tmp_path/name (its own name by default)."""
+    return shutil.copytree(folder, tmp_path / (name or folder.name))

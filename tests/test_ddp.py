@@ -40,14 +40,12 @@ def torchrun(*args):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_two_gloo_processes_match_one_process_and_resume(tiny_data, tmp_path, optimizer):
+def test_two_gloo_processes_match_one_process(tiny_data, tmp_path, optimizer):
+    # (resuming under torchrun: the signal test below resumes bit-exactly)
     flags = [*FLAGS, f"--optimizer={optimizer}"]
-    first_half = torchrun(f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'ddp'}", *flags, "--max_iters=2")
-    assert first_half.returncode == 0, first_half.stderr
-    assert "2 process(es)" in first_half.stdout
-    second_half = torchrun(f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'ddp'}", *flags, "--max_iters=4",
-                           "--init_from=resume")
-    assert second_half.returncode == 0, second_half.stderr
+    ddp = torchrun(f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'ddp'}", *flags, "--max_iters=4")
+    assert ddp.returncode == 0, ddp.stderr
+    assert "2 process(es)" in ddp.stdout
     single = run_script("train.py", f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'single'}", *flags,
                         "--max_iters=4")
     assert single.returncode == 0, single.stderr
@@ -60,8 +58,7 @@ def test_two_gloo_processes_match_one_process_and_resume(tiny_data, tmp_path, op
     assert worst < TOLERANCE, worst
 
     # the loss went down, and only rank 0 logged and wrote metrics (one row per evaluation)
-    losses = [float(line.split("| loss ")[1].split()[0]) for line in
-              (first_half.stdout + second_half.stdout).splitlines() if "| loss " in line]
+    losses = [float(line.split("| loss ")[1].split()[0]) for line in ddp.stdout.splitlines() if "| loss " in line]
     assert len(losses) == 4 and losses[-1] < losses[0]
     steps = [row.split(",")[0] for row in (tmp_path / "ddp/metrics.csv").read_text().splitlines()[1:]]
     assert steps == ["0", "2", "4"]

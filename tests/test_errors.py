@@ -1,32 +1,18 @@
 """Bad input: one `error:` line saying what is wrong and what to do, non-zero exit, no traceback,
 and nothing already saved is lost."""
 import json
-import shutil
 
 import pytest
 import torch
 
 import train
 from common import UserError
-from conftest import TINY_RUN, assert_clean_error, run_script
+from conftest import TINY_RUN, assert_clean_error, copy_of, run_script
 
 
 def train_with(data_dir, out_dir, *flags):
     return run_script("train.py", f"--data_dir={data_dir}", f"--out_dir={out_dir}", *TINY_RUN, "--max_iters=1",
                       *flags)
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_data, tmp_path_factory):
-    """A finished tiny run (its files are copied by tests that need to damage them)."""
-    out_dir = tmp_path_factory.mktemp("trained")
-    result = train_with(tiny_data, out_dir, "--max_iters=2", "--eval_interval=1")
-    assert result.returncode == 0, result.stderr
-    return out_dir
-
-
-def copy_of(folder, tmp_path):
-    return shutil.copytree(folder, tmp_path / folder.name)
 
 
 @pytest.mark.slow
