@@ -22,15 +22,19 @@ from tokenizer import EOT_TOKEN
 CYCLE_CONFIG = dict(vocab_size=256, block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
 
 
-@pytest.fixture(scope="module")
-def cycle_model():
+def trained_cycle_model(**options):
     """A tiny GPT trained in-process until it continues a repeating sequence of 23 distinct tokens:
     its greedy continuation is meaningful, with clear margins between the likeliest tokens."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**CYCLE_CONFIG))
+    model = GPT(GPTConfig(**CYCLE_CONFIG, **options))
     sequence = learn_a_cycle(model, steps=40, window=32, batch_size=16, learning_rate=3e-3)
     assert torch.equal(model.generate(sequence[None, 5:9], 60, temperature=0)[0], sequence[5:69])  # it learned
     return model, sequence
+
+
+@pytest.fixture(scope="module")
+def cycle_model():
+    return trained_cycle_model()
 
 
 # ----------------------------------------------------------------------------- one batch
@@ -184,6 +188,20 @@ def test_compiled_decode_step_writes_the_eager_greedy_tokens(cycle_model, fresh_
     prompts = torch.stack([sequence[8:12], torch.tensor([1, 2, 3, 4])])  # one on the cycle, one off it
     expected = model.generate(prompts, 100, temperature=0)  # on the CPU, eager; the window jumps 5 times
     assert torch.equal(compiled.generate(prompts.to(TEST_DEVICE), 100, temperature=0).cpu(), expected)
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_with_rope_slides_its_window_without_recompiling_and_writes_the_eager_tokens(
+        fresh_compiles):
+    # RoPE's cache slides by one token past block_size: every step moves the window, unlike the
+    # learned positions' jump every half block
+    model, sequence = trained_cycle_model(pos_emb="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, bias=False)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = compiled_copy(model, batch_size=2)
+        prompts = torch.stack([sequence[8:12], torch.tensor([1, 2, 3, 4])])
+        expected = model.generate(prompts, 100, temperature=0)  # eager, on the CPU
+        assert torch.equal(compiled.generate(prompts.to(TEST_DEVICE), 100, temperature=0).cpu(), expected)
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def logits_of_each_step(model, prompt, max_new_tokens, monkeypatch):
