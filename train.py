@@ -398,8 +398,9 @@ def load_fine_tune_source(cfg):
 
 def fine_tune_model_args(cfg, given, architecture, source):
     """model_args of a run that starts from trained weights (or resumes such a run): their
-    architecture (checkpoint.architecture_of), this run's dropout, and block_size at most their number of positions (all of them
-    unless --block_size is given). A flag (or preset) in `given` that contradicts them is refused."""
+    architecture (checkpoint.architecture_of), this run's dropout, and block_size at most their
+    number of positions (all of them unless --block_size is given). A flag (or preset) in `given`
+    that contradicts them is refused."""
     conflicts = [f"--{k}={getattr(cfg, k)} but {source} has {k}={v}" for k, v in architecture.items()
                  if k in given and k not in ("block_size", "vocab_size") and getattr(cfg, k) != v]
     if conflicts:
