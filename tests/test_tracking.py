@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
+import checkpoint
 from conftest import PROCESS_TIMEOUT, ROOT, TINY_RUN, assert_clean_error
+from test_finetune import save_hf_gpt2
 
 
 def train_offline(tiny_data, out_dir, *flags):
@@ -89,9 +91,6 @@ def test_a_run_logs_its_config_log_lines_and_evaluations_and_resumes_the_same_w_
 
 @pytest.mark.slow
 def test_a_fine_tune_logs_where_its_weights_came_from_and_its_starting_loss(tiny_data, tmp_path):
-    from test_finetune import save_hf_gpt2
-    import checkpoint
-
     save_hf_gpt2(tmp_path / "hf")
     result = train_offline(tiny_data, tmp_path / "out", f"--init_from={tmp_path / 'hf'}", "--max_iters=2",
                            "--eval_interval=2")
