@@ -14,6 +14,7 @@ position table (pos_emb="rope"), RMS-normalized queries and keys (qk_norm), a Re
 Shapes in comments: B = batch, T = sequence length, C = n_embd, nh = n_head, hs = C // nh.
 """
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -314,8 +315,12 @@ class KVCache:
         # zeros, not empty: attention weighs the slots not yet filled by exactly 0, and 0 * NaN is NaN
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        for t in (self.k, self.v):  # a compiled decode step writes into these very tensors: no copies
-            torch._dynamo.mark_static_address(t, guard=False)
+        # A compiled decode step writes into these very tensors, no copies, if they are marked. Only
+        # torch.compile needs the mark, and it has imported torch._dynamo by now; importing it just
+        # for the mark would add seconds to every eager sample.py.
+        if "torch._dynamo" in sys.modules:
+            for t in (self.k, self.v):
+                torch._dynamo.mark_static_address(t, guard=False)
 
     def update(self, layer, k, v, pos):
         """Store k, v (B, nh, T, hs) of positions pos (T,) in their slots, in the cache's dtype (it

@@ -283,6 +283,19 @@ def test_the_same_seed_writes_the_same_batch_of_stories(story_run):
     assert "4 stories" in first.stderr and "Traceback" not in first.stderr
 
 
+@pytest.mark.slow
+def test_sampling_without_compile_does_not_import_the_compiler(story_run):
+    # torch._dynamo takes seconds to import (~40% of sample.py's start-up here), for nothing in eager mode
+    result = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "sample.py"), "--out_dir",
+                             str(story_run), "--max_new_tokens", "5"], capture_output=True, text=True,
+                            timeout=PROCESS_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "torch" in imported
+    assert not [name for name in imported if name.startswith("torch._dynamo")]
+
+
 def interactive(story_run, *flags, stdin=subprocess.PIPE):
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "sample.py"), "--out_dir", str(story_run),
                              "--interactive", "--max_new_tokens", "20", *flags],
