@@ -84,6 +84,34 @@ def run_script(script, *args, cwd=None, timeout=PROCESS_TIMEOUT, file_size_limit
                           preexec_fn=limit_file_size if file_size_limit else None)
 
 
+def run_in_process(script, *args):
+    """Run a script's main() in this process, as `python script args` runs it (through run_main),
+    and return what run_script would: its exit status, stdout and stderr.
+
+    For a bad input refused before any work: a script started as a program spends seconds
+    importing torch for a millisecond's check. An unexpected exception is not caught: the test
+    fails with its traceback, as it would find "Traceback" in a program's stderr.
+    """
+    import contextlib
+    import importlib
+    import io
+    import subprocess
+    from unittest import mock
+
+    from common import run_main
+
+    main = importlib.import_module(script.removesuffix(".py")).main
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = [script, *map(str, args)]
+    with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            run_main(main)
+            status = 0
+        except SystemExit as e:
+            status = e.code
+    return subprocess.CompletedProcess(argv, status, stdout.getvalue(), stderr.getvalue())
+
+
 def assert_clean_error(result, *fragments):
     """A bad-input failure: non-zero exit, one `error:` line naming the problem, no traceback."""
     assert result.returncode != 0, result.stdout + result.stderr

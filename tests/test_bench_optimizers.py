@@ -2,7 +2,7 @@
 (on a small text here; the real measurement reads tinyshakespeare.txt, which tests never do)."""
 import pytest
 
-from conftest import assert_clean_error, make_stories, run_script
+from conftest import assert_clean_error, make_stories, run_in_process, run_script
 
 
 def bench_on_stories(tmp_path, *flags):
@@ -29,9 +29,8 @@ def test_the_comparison_runs_on_a_small_text_and_appends_its_rows(tmp_path):
         assert row in record, row
 
 
-@pytest.mark.slow
 def test_a_missing_text_is_a_clean_error(tmp_path):
-    assert_clean_error(run_script("bench_optimizers.py", "--text", tmp_path / "nothing.txt"), "does not exist")
+    assert_clean_error(run_in_process("bench_optimizers.py", "--text", tmp_path / "nothing.txt"), "does not exist")
 
 
 @pytest.mark.slow
@@ -48,8 +47,7 @@ def test_archs_compares_the_modern_block_with_gpt2_under_each_optimizer(tmp_path
         assert row in record, row
 
 
-@pytest.mark.slow
 def test_an_unknown_arch_is_a_clean_error(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("hello", encoding="utf-8")
-    assert_clean_error(run_script("bench_optimizers.py", "--text", text, "--archs=gpt2,llama"), "no presets/llama.py")
+    assert_clean_error(run_in_process("bench_optimizers.py", "--text", text, "--archs=gpt2,llama"), "no presets/llama.py")

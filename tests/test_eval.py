@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import ROOT, assert_clean_error, run_script
+from conftest import ROOT, assert_clean_error, run_in_process, run_script
 from model import GPT, GPTConfig
 
 import eval as evaluation  # the module, not the builtin
@@ -103,10 +103,9 @@ def test_max_tokens_reads_a_prefix(tmp_path):
     assert loss == pytest.approx(nats / count, abs=1e-4)
 
 
-@pytest.mark.slow
 def test_missing_inputs_are_one_line_errors(tmp_path):
     write_run_and_data(tmp_path, random_tokens(100))
-    result = run_eval("--out_dir", str(tmp_path / "out"), "--data_dir", str(tmp_path / "nowhere"))
+    result = run_in_process("eval.py", "--out_dir", tmp_path / "out", "--data_dir", tmp_path / "nowhere")
     assert_clean_error(result, "meta.json not found")
-    result = run_eval("--out_dir", str(tmp_path / "nowhere"), "--data_dir", str(tmp_path / "data"))
+    result = run_in_process("eval.py", "--out_dir", tmp_path / "nowhere", "--data_dir", tmp_path / "data")
     assert_clean_error(result, "does not exist")

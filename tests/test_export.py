@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, run_script
+from conftest import ROOT, assert_clean_error, run_in_process, run_script
 from model import GPT, GPTConfig
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # transformers must never try the network in these tests
@@ -92,11 +92,11 @@ def test_export_refuses_a_nonempty_folder_and_a_missing_checkpoint(tmp_path):
     save_run(tmp_path / "out")
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "notes.txt").write_text("mine")
-    result = export("--out_dir", str(tmp_path / "out"), "--to", str(tmp_path / "hf"))
+    result = run_in_process("export.py", "--out_dir", tmp_path / "out", "--to", tmp_path / "hf")
     assert_clean_error(result, "not empty", "--force")
     assert export("--out_dir", str(tmp_path / "out"), "--to", str(tmp_path / "hf"), "--force").returncode == 0
     assert (tmp_path / "hf" / "notes.txt").read_text() == "mine"
 
-    result = export("--out_dir", str(tmp_path / "nowhere"), "--to", str(tmp_path / "hf2"))
+    result = run_in_process("export.py", "--out_dir", tmp_path / "nowhere", "--to", tmp_path / "hf2")
     assert_clean_error(result, "does not exist")
     assert not (tmp_path / "hf2").exists()

@@ -10,7 +10,7 @@ import torch
 import checkpoint
 import config
 from common import UserError
-from conftest import ROOT, TINY_RUN, assert_clean_error, copy_of, run_script
+from conftest import ROOT, TINY_RUN, assert_clean_error, copy_of, run_in_process, run_script
 from data import eval_rng, get_batch
 from export import write_safetensors
 from model import GPT, GPTConfig
@@ -159,8 +159,8 @@ def test_a_broken_shard_index_or_a_missing_shard_is_one_line(tmp_path):
 
 # ----------------------------------------------------------------------------- train.py, as a user runs it
 
-def train(tiny_data, out_dir, *flags):
-    return run_script("train.py", f"--data_dir={tiny_data}", f"--out_dir={out_dir}", *flags)
+def train(tiny_data, out_dir, *flags, run=run_script):
+    return run("train.py", f"--data_dir={tiny_data}", f"--out_dir={out_dir}", *flags)
 
 
 def metrics(out_dir):
@@ -237,11 +237,14 @@ def test_sample_eval_and_export_work_on_a_fine_tuned_run(tiny_data, tmp_path):
 def test_wrong_vocabulary_architecture_flags_and_a_hub_name_offline_are_one_line_and_write_nothing(
         tiny_data, tmp_path, monkeypatch):
     save_hf_gpt2(tmp_path / "small", vocab_size=1000)
-    assert_clean_error(train(tiny_data, tmp_path / "out", *RUN, f"--init_from={tmp_path / 'small'}"),
-                       "the data's vocabulary (50257 tokens", "does not fit the model's (1000 tokens")
+    # refused before any work: train.py's main() runs in this process (see test_errors.py)
+    assert_clean_error(train(tiny_data, tmp_path / "out", *RUN, f"--init_from={tmp_path / 'small'}",
+                             run=run_in_process), "the data's vocabulary (50257 tokens", "does not fit the model's (1000 tokens")
     save_hf_gpt2(tmp_path / "hf")
-    assert_clean_error(train(tiny_data, tmp_path / "out", *RUN, f"--init_from={tmp_path / 'hf'}", "--n_head=4"),
+    assert_clean_error(train(tiny_data, tmp_path / "out", *RUN, f"--init_from={tmp_path / 'hf'}", "--n_head=4",
+                             run=run_in_process),
                        "--n_head=4 but", "has n_head=2", "leave these flags out")
+    # a program: huggingface_hub reads HF_HUB_OFFLINE when it is imported
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))
     assert_clean_error(train(tiny_data, tmp_path / "out", *RUN, "--init_from=gpt2"),
@@ -255,15 +258,18 @@ def test_a_fine_tune_into_a_busy_or_earlier_run_or_its_own_source_folder_is_refu
     fine_tune = [*RUN, f"--init_from={tmp_path / 'hf'}", "--max_iters=1", "--eval_interval=1"]
     copy_of(trained_run, tmp_path, "earlier")
     before = (tmp_path / "earlier" / "ckpt.pt").read_bytes()
-    assert_clean_error(train(tiny_data, tmp_path / "earlier", *fine_tune), "already holds a run", "--overwrite=true")
+    assert_clean_error(train(tiny_data, tmp_path / "earlier", *fine_tune, run=run_in_process), "already holds a run",
+                       "--overwrite=true")
     assert (tmp_path / "earlier" / "ckpt.pt").read_bytes() == before
     assert_clean_error(train(tiny_data, tmp_path / "earlier", *RUN, f"--init_from={tmp_path / 'earlier'}",
-                             "--overwrite=true"), "whose files this run would replace", "another --out_dir")
+                             "--overwrite=true", run=run_in_process), "whose files this run would replace",
+                       "another --out_dir")
     assert (tmp_path / "earlier" / "ckpt.pt").read_bytes() == before
     os.makedirs(tmp_path / "busy")
     lock = lock_out_dir(str(tmp_path / "busy"))  # as a train.py running there holds it
     try:
-        assert_clean_error(train(tiny_data, tmp_path / "busy", *fine_tune), "is in use by another train.py")
+        assert_clean_error(train(tiny_data, tmp_path / "busy", *fine_tune, run=run_in_process),
+                           "is in use by another train.py")
     finally:
         lock.close()
     assert not (tmp_path / "busy" / "ckpt.pt").exists()
