@@ -123,6 +123,16 @@ def assert_clean_error(result, *fragments):
     return errors[0]
 
 
+def assert_same_optimizer_states(a, b):
+    """The optimizers' states in checkpoints a and b are equal, tensor for tensor."""
+    import torch
+
+    for name, state in a["optimizer"].items():
+        for index, tensors in state["state"].items():
+            for key, tensor in tensors.items():
+                assert torch.equal(tensor, b["optimizer"][name]["state"][index][key]), (name, index, key)
+
+
 # The device the tiny-config runs of train.py use: the CPU, or a GPU with TEST_DEVICE=cuda.
 TEST_DEVICE = os.environ.get("TEST_DEVICE", "cpu")
 # A model small enough to train in seconds on a CPU (the GPT-2 vocabulary stays: the data uses it).

@@ -75,7 +75,8 @@ def test_cuda_requested_without_cuda(tiny_data, tmp_path):
 def test_a_compile_that_fails_is_a_one_line_error(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))  # inductor needs a C++ compiler on a CPU
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
-    result = train_with(tiny_data, tmp_path / "out", "--compile=true", run=run_script)  # inductor's state: a fresh process
+    # a program: inductor keeps the compiler it found, and compiled code, in the process
+    result = train_with(tiny_data, tmp_path / "out", "--compile=true", run=run_script)
     assert_clean_error(result, "torch.compile failed", "C++ compiler", "--compile=false")
 
 
