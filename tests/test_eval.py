@@ -105,7 +105,9 @@ def test_max_tokens_reads_a_prefix(tmp_path):
 
 def test_missing_inputs_are_one_line_errors(tmp_path):
     write_run_and_data(tmp_path, random_tokens(100))
-    result = run_in_process("eval.py", "--out_dir", tmp_path / "out", "--data_dir", tmp_path / "nowhere")
+    result = run_in_process("eval.py", "--device", "cpu", "--out_dir", tmp_path / "out",
+                            "--data_dir", tmp_path / "nowhere")
     assert_clean_error(result, "meta.json not found")
-    result = run_in_process("eval.py", "--out_dir", tmp_path / "nowhere", "--data_dir", tmp_path / "data")
+    result = run_in_process("eval.py", "--device", "cpu", "--out_dir", tmp_path / "nowhere",
+                            "--data_dir", tmp_path / "data")
     assert_clean_error(result, "does not exist")
