@@ -285,7 +285,7 @@ def test_the_same_seed_writes_the_same_batch_of_stories(story_run):
 
 @pytest.mark.slow
 def test_sampling_without_compile_does_not_import_the_compiler(story_run):
-    # torch._dynamo takes seconds to import (~40% of sample.py's start-up here), for nothing in eager mode
+    # torch._dynamo takes seconds to import, for nothing in eager mode
     result = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "sample.py"), "--out_dir",
                              str(story_run), "--max_new_tokens", "5"], capture_output=True, text=True,
                             timeout=PROCESS_TIMEOUT)
