@@ -170,7 +170,7 @@ def scratch_model_args(cfg, vocab_size):
     compared on resume); a fine-tune's come from its source (fine_tune_model_args)."""
     return dict(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                 n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, pos_emb=cfg.pos_emb, qk_norm=cfg.qk_norm,
-                mlp=cfg.mlp, zero_init_proj=cfg.zero_init_proj)
+                mlp=cfg.mlp, zero_init_proj=cfg.zero_init_proj, x0_skip=cfg.x0_skip, logit_softcap=cfg.logit_softcap)
 
 
 def training_batch(cfg, device, step, first_micro_batch, micro_step):
