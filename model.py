@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 X0_SCALE_INIT = 0.1  # x0_skip: how much of the embedding each block reads at the start (nanochat's)
 
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 50257  # GPT-2 BPE
