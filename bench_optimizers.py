@@ -194,7 +194,7 @@ def validation_loss(run, val_tokens, device):
 def train_in_turn(runs, val_tokens, eval_steps, device):
     """Train all runs to their own lengths, one step of each in turn (the order rotates every
     step); evaluate each at the steps in eval_steps and at its end."""
-    for step in range(max(run.steps for run in runs)):
+    for step in range(max((run.steps for run in runs), default=0)):  # (none: --arch_budget=0)
         turn = step % len(runs)
         for run in runs[turn:] + runs[:turn]:
             if step < run.steps:

@@ -47,6 +47,15 @@ def test_archs_compares_the_modern_block_with_gpt2_under_each_optimizer(tmp_path
         assert row in record, row
 
 
+@pytest.mark.slow
+def test_archs_without_budget_runs_compares_at_equal_steps_only(tmp_path):
+    _, output = bench_on_stories(tmp_path, "--adamw_lrs=1e-3", "--muon_lrs=0.02", "--archs=gpt2,modern",
+                                 "--arch_budget=0")
+    record = output.read_text()
+    assert "| Muon: modern (lr 0.02) against gpt2 (lr 0.02), final val loss at 4 steps |" in record
+    assert "schedule" not in record and "steps to reach" not in record
+
+
 def test_an_unknown_arch_is_a_clean_error(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("hello", encoding="utf-8")
