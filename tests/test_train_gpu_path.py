@@ -20,9 +20,13 @@ FAST_LEARNING = ["--learning_rate=1e-2", "--min_lr=1e-3"]  # a visible fall of t
 BF16_STEP0_TOLERANCE = 2e-3  # nats: |bf16 - fp32| of the step-0 evaluation loss (measured: about 1e-5)
 
 
-def tiny_model(dropout=0.1):
+EVERY_OPTION = dict(pos_emb="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, bias=False, x0_skip=True,
+                    logit_softcap=15.0)
+
+
+def tiny_model(dropout=0.1, **options):
     torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=dropout))
+    return GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=dropout, **options))
 
 
 def eval_losses(stdout):
@@ -32,8 +36,9 @@ def eval_losses(stdout):
 
 # ----------------------------------------------------------------------------- compile: no graph breaks
 
-def test_compiled_training_and_evaluation_forwards_have_no_graph_breaks():
-    model = tiny_model().train()
+@pytest.mark.parametrize("options", [{}, EVERY_OPTION], ids=["gpt2", "every_model_option"])
+def test_compiled_training_and_evaluation_forwards_have_no_graph_breaks(options):
+    model = tiny_model(**options).train()
     x = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(0))
     y = torch.roll(x, -1, dims=1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
