@@ -50,16 +50,23 @@ RUN_FILES = ("ckpt.pt", "best_model_params.pt", "metrics.csv", "loss.png")  # wh
 
 # ----------------------------------------------------------------------------- setup
 
-def setup_distributed():
-    """(rank, local_rank, world_size); initializes the process group when run under torchrun."""
+def setup_distributed(device_name):
+    """(rank, local_rank, world_size, device). Under torchrun, joins the process group: NCCL
+    between GPUs, one process per GPU; gloo between CPU processes (--device=cpu), GPU or not."""
     if "RANK" not in os.environ:
-        return 0, 0, 1
+        return 0, 0, 1, resolve_device(device_name)
     rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+    device = resolve_device(device_name, local_rank, distributed=True)
+    backend = "gloo"
+    if device.startswith("cuda"):
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise UserError(f"torchrun started more processes on this machine than it has GPUs ({gpus}): one "
+                            f"process per GPU, so use --nproc_per_node={gpus} (or --device=cpu for CPU processes)")
         torch.cuda.set_device(local_rank)
+        backend = "nccl"
     torch.distributed.init_process_group(backend=backend)
-    return rank, local_rank, world_size
+    return rank, local_rank, world_size, device
 
 
 def resolve_dtype(name, device_type):
@@ -352,7 +359,9 @@ def save_checkpoint(path, model, optimizers, scaler, model_args, cfg, step, best
 def resume(path, model, optimizers, optimizer_name, scaler, model_args, rank, world_size, log):
     """Load ckpt.pt into the model, optimizers, scaler and random generators; (step, best_val_loss,
     the id of its W&B run or None)."""
-    state = checkpoint.load_checkpoint(path, next(model.parameters()).device)
+    # read onto the CPU: the generators' states must be CPU tensors, and load_state_dict copies the
+    # weights and optimizer states to their parameters' device (no second copy on the GPU meanwhile)
+    state = checkpoint.load_checkpoint(path, "cpu")
     saved = {**GPT_DEFAULTS, **state.get("model_args", {})}  # an option newer than the checkpoint: its default
     differ = {k: (saved.get(k), v) for k, v in model_args.items() if k != "dropout" and saved.get(k) != v}
     if differ:
@@ -578,11 +587,10 @@ def start_wandb(wandb, cfg, run_id, init):
 def main():
     given = set()  # the knobs set by a flag or preset, not by default
     cfg = config.parse_args(sys.argv[1:], given)
-    rank, local_rank, world_size = setup_distributed()
+    rank, local_rank, world_size, device = setup_distributed(cfg.device)
     master = rank == 0
     log = print if master else (lambda *args, **kwargs: None)
     wandb = import_wandb() if cfg.wandb_log and master else None
-    device = resolve_device(cfg.device, local_rank, torch.distributed.is_initialized())
     device_type = device.split(":")[0]
     dtype = resolve_dtype(cfg.dtype, device_type)
     if dtype == torch.bfloat16 and master:

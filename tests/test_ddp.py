@@ -1,4 +1,5 @@
-"""Data-parallel training with torchrun (gloo on CPU) matches a single process with the same global batch."""
+"""Data-parallel training with torchrun (gloo on CPU) matches a single process with the same global batch;
+how train.py joins the process group."""
 import os
 import signal
 import subprocess
@@ -7,6 +8,8 @@ import sys
 import pytest
 import torch
 
+import train
+from common import UserError
 from conftest import PROCESS_TIMEOUT, ROOT, TINY_MODEL, assert_clean_error, run_script
 from checkpoint import load_checkpoint
 
@@ -17,9 +20,10 @@ from checkpoint import load_checkpoint
 # (5e-5 on one CPU, 2e-3 on another: as large as the error this test looks for). Each process
 # orthogonalizes the all-reduced gradients itself, so the dtype changes how closely the runs can
 # agree, not what DDP does.
-FLAGS = TINY_MODEL + ["--batch_size=4", "--gradient_accumulation_steps=4", "--eval_iters=2", "--log_interval=1",
-                      "--warmup_iters=2", "--lr_decay_iters=20", "--dropout=0", "--eval_interval=2",
-                      "--muon_dtype=float32"]
+# CPU processes also where TEST_DEVICE=cuda: two GPU processes need two GPUs.
+FLAGS = TINY_MODEL + ["--device=cpu", "--batch_size=4", "--gradient_accumulation_steps=4", "--eval_iters=2",
+                      "--log_interval=1", "--warmup_iters=2", "--lr_decay_iters=20", "--dropout=0",
+                      "--eval_interval=2", "--muon_dtype=float32"]
 # max |difference| of any weight after 4 steps. All float32, and the gradients differ only in the
 # order of one sum (~1e-7 relative); AdamW and Muon normalize their updates, which can magnify that
 # in a tiny gradient component, but not to 1e-5 in 4 steps of lr <= 1e-3 (AdamW) and 0.02 (Muon).
@@ -146,3 +150,37 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_resume_is_bit_exac
     assert a["step"] == b["step"] == step + 3
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+
+
+# ----------------------------------------------------------------------------- joining the process group
+
+@pytest.fixture
+def under_torchrun(monkeypatch):
+    """train.setup_distributed as the second of two processes on a machine with one GPU sees it;
+    the backend train.py asks for is recorded instead of a process group made."""
+    for name, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    backends = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: backends.append(backend))
+    return backends
+
+
+def test_cpu_processes_join_over_gloo_even_where_there_is_a_gpu(under_torchrun):
+    assert train.setup_distributed("cpu") == (1, 1, 2, "cpu")
+    assert under_torchrun == ["gloo"]
+
+
+def test_more_gpu_processes_than_gpus_is_a_clean_error_naming_the_process_count_to_use(under_torchrun):
+    # found on a one-GPU machine: torch.cuda.set_device(1) failed with "invalid device ordinal"
+    with pytest.raises(UserError, match=r"more processes on this machine than it has GPUs \(1\).*--nproc_per_node=1"):
+        train.setup_distributed("cuda")
+    assert under_torchrun == []
+
+
+def test_each_gpu_process_takes_its_own_gpu_over_nccl(under_torchrun, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert train.setup_distributed("auto") == (1, 1, 2, "cuda:1")
+    assert under_torchrun == ["nccl"]

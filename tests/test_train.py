@@ -188,6 +188,29 @@ def test_a_checkpoint_from_before_muon_resumes_as_adamw(tiny_data, tmp_path):
                model_args, 0, 1, lambda *args: None)
 
 
+def test_resume_reads_the_checkpoint_onto_the_cpu_where_the_random_generators_states_belong(tmp_path, monkeypatch):
+    # Found on a GPU: a checkpoint read straight onto the device put the generators' states there,
+    # and restoring them failed (numpy and torch.set_rng_state take CPU tensors only). The model
+    # and the optimizers copy their tensors to their own device when they load them.
+    cfg = config.parse_args(["--block_size=32"])
+    model, scaler = tiny_model(), torch.amp.GradScaler("cpu", enabled=False)
+    model_args = dict(vocab_size=50257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+    saved_rng = rng_state()
+    optimizer_states = {"adamw": make_optimizers(model, cfg, "cpu")["adamw"].state_dict()}
+    checkpoint.save({"model": model.state_dict(), "optimizer": optimizer_states, "scaler": scaler.state_dict(),
+                     "model_args": model_args, "config": vars(cfg), "step": 3, "best_val_loss": 9.0,
+                     "rng": [saved_rng]}, str(tmp_path / "ckpt.pt"))
+    read_onto = []
+    real_load = checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint",
+                        lambda path, device="cpu": read_onto.append(device) or real_load(path, device))
+    torch.rand(100)  # the generators move on, as a new process's would
+    resume(str(tmp_path / "ckpt.pt"), tiny_model(), make_optimizers(tiny_model(), cfg, "cpu"), "adamw", scaler,
+           model_args, 0, 1, lambda *args: None)
+    assert read_onto == ["cpu"]
+    assert torch.equal(torch.get_rng_state(), saved_rng["torch"])
+
+
 # Every way for Python code to read a tensor back to the host (and, on a GPU, wait for the work
 # queued before it), and the collectives train.py calls (each followed by such a read).
 HOST_READS = [(torch.Tensor, name) for name in ("item", "tolist", "cpu", "numpy", "__array__", "__bool__",
