@@ -22,9 +22,9 @@ from model import GPT, GPTConfig
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's GPT-2 sizes on the Hugging Face hub
-# model_args but dropout: GPT-2's shape, and the modern block's options (their defaults for GPT-2 files)
-ARCHITECTURE = ("n_layer", "n_head", "n_embd", "bias", "vocab_size", "block_size", "pos_emb", "qk_norm", "mlp",
-                "zero_init_proj", "x0_skip", "logit_softcap")
+# model_args but dropout (a training choice, not the weights'): GPT-2's shape, and the modern block's
+# options (their defaults for GPT-2 files)
+ARCHITECTURE = tuple(field.name for field in fields(GPTConfig) if field.name != "dropout")
 # Our nn.Linear weights are (out, in); GPT-2's Conv1D keeps them as (in, out).
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # A Hugging Face folder's weights: one file, or shards listed by an index (save_pretrained splits big models).

@@ -173,11 +173,10 @@ def set_learning_rates(optimizers, step, cfg):
 
 
 def scratch_model_args(cfg, vocab_size):
-    """The GPTConfig fields of a run from random weights, from the config (saved as model_args,
-    compared on resume); a fine-tune's come from its source (fine_tune_model_args)."""
-    return dict(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, pos_emb=cfg.pos_emb, qk_norm=cfg.qk_norm,
-                mlp=cfg.mlp, zero_init_proj=cfg.zero_init_proj, x0_skip=cfg.x0_skip, logit_softcap=cfg.logit_softcap)
+    """The GPTConfig fields of a run from random weights (saved as model_args, compared on resume):
+    each from the config knob of the same name, the vocabulary from the data. A fine-tune's come
+    from its source (fine_tune_model_args)."""
+    return {**{name: getattr(cfg, name) for name in GPT_DEFAULTS if name != "vocab_size"}, "vocab_size": vocab_size}
 
 
 def training_batch(cfg, device, step, first_micro_batch, micro_step):

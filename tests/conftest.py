@@ -138,6 +138,8 @@ def assert_same_optimizer_states(a, b):
 TEST_DEVICE = os.environ.get("TEST_DEVICE", "cpu")
 # A model small enough to train in seconds on a CPU (the GPT-2 vocabulary stays: the data uses it).
 TINY_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--compile=false", f"--device={TEST_DEVICE}"]
+# The model options presets/modern.py sets (test_presets.py checks that it sets these and no others).
+MODERN = dict(pos_emb="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, bias=False)
 TINY_RUN = TINY_MODEL + ["--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2",
                          "--log_interval=1", "--warmup_iters=2", "--lr_decay_iters=20"]
 

@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 import cpu_fast_paths
 from cpu_fast_paths import LinearCrossEntropy, PackedLinear, cheap_dropout, few_rows_linear, linear_cross_entropy
+from conftest import MODERN
 from model import GPT, GPTConfig
 
 CONFIG = dict(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
@@ -258,7 +259,6 @@ def test_with_bf16_weights_the_kv_cache_is_float32_and_logits_match_the_plain_bf
 
 # ----------------------------------------------------------------------------- the modern block
 
-MODERN = dict(pos_emb="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, bias=False)  # presets/modern.py
 X0_SOFTCAP = dict(MODERN, x0_skip=True, logit_softcap=2.0)  # a cap the perturbed logits reach
 
 

@@ -14,13 +14,12 @@ from torch.nn import functional as F
 import checkpoint
 import config
 from common import UserError
-from conftest import ROOT, TINY_RUN, assert_clean_error, run_script
+from conftest import MODERN, ROOT, TINY_RUN, assert_clean_error, run_script
 from model import X0_SCALE_INIT, GPT, GPTConfig, apply_rotary
 from train import (make_optimizers, resume, rng_state, scratch_model_args, set_learning_rates, train_step,
                    training_batch)
 
 SMALL = dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-MODERN = dict(pos_emb="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, bias=False)  # presets/modern.py
 OPTIONS = [dict(pos_emb="rope"), dict(qk_norm=True), dict(mlp="relu2"), dict(zero_init_proj=True), dict(x0_skip=True),
            dict(logit_softcap=15.0), MODERN]
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 import config
-from conftest import ROOT, run_script
+from conftest import MODERN, ROOT, run_script
 
 PRESETS = os.path.join(ROOT, "presets")
 
@@ -50,8 +50,7 @@ def test_gpu_muon_preset_is_the_gpu_recipe_with_muon():
 def test_modern_preset_sets_the_model_options_only_and_combines_with_a_recipe():
     modern = vars(config.parse_args([os.path.join(PRESETS, "modern.py")]))
     defaults = config.defaults()
-    assert {name: modern[name] for name in defaults if modern[name] != defaults[name]} == \
-        dict(pos_emb="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, bias=False)
+    assert {name: modern[name] for name in defaults if modern[name] != defaults[name]} == MODERN
     both = config.parse_args([os.path.join(PRESETS, "gpu_muon.py"), os.path.join(PRESETS, "modern.py")])
     assert (both.optimizer, both.batch_size, both.pos_emb) == ("muon", 256, "rope")
 
