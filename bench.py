@@ -41,7 +41,7 @@ import cpu_fast_paths
 import sample
 from common import ArgumentParser, UserError, resolve_device, run_main
 from model import GPT, GPTConfig
-from tokenizer import load_tokenizer
+from tokenizer import load_gpt2
 from train import train_step
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -247,7 +247,7 @@ def bench_sample(device, quick):
     def stories(model, n):
         torch.manual_seed(1)
         return sample.generate_stories(model, prompt[0].tolist(), n, new_tokens, temperature=0.8, top_k=200,
-                                       stop_at_eot=False)
+                                       eot_token=None)
 
     uncached = new_tokens / best_time(lambda: greedy(reference, False), repeats, device)
     cached_fp32 = new_tokens / best_time(lambda: greedy(reference, True), repeats, device)
@@ -364,7 +364,7 @@ def run_prepare(text_path, out_dir, *more_args):
 
 def bench_prepare(sizes_mb):
     """prepare.py's bytes/s and peak RSS at two input sizes, and tiktoken's single-thread rate."""
-    enc = load_tokenizer()
+    enc = load_gpt2()
     work = tempfile.mkdtemp(prefix="bench-prepare-")
     pool = write_stories(os.path.join(work, "probe.txt"), 0)  # the stories the inputs are made of
     # single-thread baseline: encode_ordinary per story, as prepare.py's workers see them

@@ -47,7 +47,7 @@ from bench import cpu_seconds, machine, verdict
 from common import ArgumentParser, UserError, resolve_device, run_main
 from eval import evaluate
 from model import GPT, GPTConfig
-from tokenizer import VOCAB_SIZE, load_tokenizer
+from tokenizer import VOCAB_SIZE, load_gpt2
 from train import Float32Muon, make_optimizers, scratch_model_args, set_learning_rates, train_step, training_batch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -123,7 +123,7 @@ def prepare_text(path, data_dir):
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read --text {path} as UTF-8 text ({type(e).__name__}: {e})") from e
-    enc = load_tokenizer()
+    enc = load_gpt2()
     cut = int(0.9 * len(text))
     tokens = {}
     for split, part in (("train", text[:cut]), ("validation", text[cut:])):

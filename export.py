@@ -4,10 +4,10 @@
     python export.py --checkpoint out/ckpt.pt --to hf_model/ --force
 
 The folder loads with `transformers.GPT2LMHeadModel.from_pretrained("hf_model/")` and gives the
-same logits as our model. It holds config.json and model.safetensors, plus the GPT-2 tokenizer
-files (vocab.json, merges.txt) when tiktoken's cache has them (see tokenizer.py), so that
-`AutoTokenizer.from_pretrained("hf_model/")` works too. Neither transformers nor safetensors is
-needed to export.
+same logits as our model. It holds config.json and model.safetensors, plus the run's tokenizer,
+so that `AutoTokenizer.from_pretrained("hf_model/")` works too: the run's own tokenizer.json, or
+GPT-2's files (vocab.json, merges.txt) when tiktoken's cache has them (see tokenizer.py). Neither
+transformers nor safetensors is needed to export.
 """
 import json
 import os
@@ -18,7 +18,8 @@ import torch
 
 from checkpoint import CONV1D_SUFFIXES, load_model
 from common import ArgumentParser, UserError, atomic_write, make_output_dir, run_main
-from tokenizer import BPE_FILES, EOT_TOKEN, cache_dir, cached_file
+import tokenizer
+from tokenizer import BPE_FILES, EOT_TEXT, TOKENIZER_FILE, cache_dir, cached_file
 
 # tiktoken's cached file -> the name Hugging Face's GPT2Tokenizer looks for (same content)
 TOKENIZER_FILES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
@@ -27,10 +28,10 @@ TOKENIZER_FILES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
 GPT2_OPTIONS = {"pos_emb": "learned", "qk_norm": False, "mlp": "gelu", "x0_skip": False, "logit_softcap": 0.0}
 
 
-def hf_config(config):
-    """GPT2Config fields for our GPTConfig. Our GELU is the tanh approximation ('gelu_new') and our
-    LayerNorms use torch's default eps, 1e-5; the LM head is tied to the token embedding."""
-    eot = EOT_TOKEN if config.vocab_size > EOT_TOKEN else None
+def hf_config(config, eot):
+    """GPT2Config fields for our GPTConfig, with end-of-text id `eot`. Our GELU is the tanh
+    approximation ('gelu_new') and our LayerNorms use torch's default eps, 1e-5; the LM head is tied
+    to the token embedding."""
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -93,8 +94,15 @@ def write_json(path, obj):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
-def copy_tokenizer(folder, block_size):
-    """Copy the GPT-2 BPE files from tiktoken's cache; False when they are not there."""
+def copy_tokenizer(folder, block_size, record, run_folder):
+    """Write the run's tokenizer into folder: its own tokenizer.json, or GPT-2's BPE files from
+    tiktoken's cache; False when GPT-2's are not there."""
+    special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT, "model_max_length": block_size}
+    if record["kind"] != "gpt2":
+        tokenizer.copy_file(run_folder, folder)
+        write_json(os.path.join(folder, "tokenizer_config.json"), {"tokenizer_class": "PreTrainedTokenizerFast",
+                                                                   **special})
+        return True
     sources = {name: cached_file(name) for name in BPE_FILES}
     if not all(os.path.isfile(path) for path in sources.values()):
         return False
@@ -102,12 +110,8 @@ def copy_tokenizer(folder, block_size):
         with open(path, "rb") as f:
             data = f.read()
         atomic_write(os.path.join(folder, TOKENIZER_FILES[name]), lambda f, data=data: f.write(data))
-    write_json(os.path.join(folder, "tokenizer_config.json"), {
-        "tokenizer_class": "GPT2Tokenizer",
-        "model_max_length": block_size,
-        "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-        "add_prefix_space": False,
-    })
+    write_json(os.path.join(folder, "tokenizer_config.json"), {"tokenizer_class": "GPT2Tokenizer", **special,
+                                                               "add_prefix_space": False})
     return True
 
 
@@ -128,6 +132,8 @@ def main():
         raise UserError(f"{args.to} is not empty; pass --force to overwrite its files, or choose another --to")
     checkpoint = args.checkpoint or os.path.join(args.out_dir, "best_model_params.pt")
     model = load_model(checkpoint, "cpu")
+    record = tokenizer.run_record(checkpoint)
+    tokenizer.check_file(os.path.dirname(checkpoint), record, f"the run of {checkpoint}")
     other = [f"{name}={getattr(model.config, name)!r}" for name, value in GPT2_OPTIONS.items()
              if getattr(model.config, name) != value]
     if other:
@@ -136,11 +142,13 @@ def main():
     make_output_dir(args.to, "--to")
 
     write_safetensors(os.path.join(args.to, "model.safetensors"), hf_state_dict(model))
-    write_json(os.path.join(args.to, "config.json"), hf_config(model.config))
+    eot = record["vocab_size"] - 1  # <|endoftext|> is the last id of GPT-2's vocabulary and of a learned one
+    write_json(os.path.join(args.to, "config.json"), hf_config(model.config, eot if eot < model.config.vocab_size else None))
     print(f"exported {checkpoint} ({model.num_params() / 1e6:.2f}M parameters) to {args.to}: "
           "config.json, model.safetensors")
-    if copy_tokenizer(args.to, model.config.block_size):
-        print("  with the GPT-2 tokenizer: vocab.json, merges.txt, tokenizer_config.json")
+    if copy_tokenizer(args.to, model.config.block_size, record, os.path.dirname(checkpoint)):
+        files = f"{TOKENIZER_FILE}" if record["kind"] != "gpt2" else "vocab.json, merges.txt"
+        print(f"  with {tokenizer.describe(record)}: {files}, tokenizer_config.json")
     else:
         print(f"  without tokenizer files: vocab.bpe / encoder.json are not in {cache_dir()} "
               "(run `python tokenizer.py --install`, then export again)")

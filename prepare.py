@@ -1,15 +1,19 @@
-"""Tokenize a text dataset with the GPT-2 tokenizer into flat uint16 token files.
+"""Tokenize a text dataset into flat uint16 token files, with GPT-2's tokenizer or one learned from it.
 
     python prepare.py                                        # roneneldan/TinyStories from the Hugging Face hub
     python prepare.py --max_stories=20000                    # its first 20,000 stories: a quick run
+    python prepare.py --vocab_size=4096                      # learn a 4,096-token BPE from the training split
+    python prepare.py --input new.txt --tokenizer=out/ --out_dir=data_new   # an existing run's tokenizer
     python prepare.py --dataset=NAME_OR_FOLDER --text_column=content   # any dataset `datasets` can load
     python prepare.py --input stories/ --val_input val.txt   # local files
 
-It runs in three stages: load the splits (load_splits), cut their documents into pieces
-(document_pieces, txt_pieces) and tokenize the pieces in parallel worker processes
+It runs in four stages: load the splits (load_splits), cut their documents into pieces
+(document_pieces, txt_pieces), learn a vocabulary from the training pieces if --vocab_size asks
+for one (learn_tokenizer), and tokenize the pieces in parallel worker processes
 (tokenize_to_files). It writes OUT_DIR/train.bin and OUT_DIR/validation.bin (np.uint16 token
-ids, every document followed by the end-of-text token 50256) and OUT_DIR/meta.json (tokenizer,
-dataset, sizes, token and byte counts).
+ids, every document followed by the end-of-text token: 50256 in GPT-2's vocabulary, the last id
+in a learned one), OUT_DIR/meta.json (tokenizer, dataset, sizes, token and byte counts) and, with
+a tokenizer of its own, OUT_DIR/tokenizer.json.
 
 Local formats: .txt in the TinyStories layout (stories separated by a line `<|endoftext|>`),
 .jsonl / .json with a text field, .parquet with a text column. A .txt without separator lines is
@@ -28,7 +32,7 @@ import tempfile
 import numpy as np
 
 from common import ArgumentParser, UserError, WriteError, atomic_write, first_line, make_output_dir, run_main
-from tokenizer import EOT_TOKEN, ENCODING_NAME, VOCAB_SIZE, load_tokenizer
+import tokenizer
 
 # prepare.py needs no torch; without this, `datasets` imports it (slow to start) when it
 # builds a streaming dataset, to cooperate with torch DataLoader workers.
@@ -311,19 +315,51 @@ def task_batches(pieces, split=None, val_fraction=0.0):
             yield name, batch
 
 
+# ----------------------------------------------------------------------------- learning a vocabulary
+
+def learning_texts(pieces, val_fraction, max_bytes, learned):
+    """The text of the training pieces to learn a vocabulary from: at most max_bytes of it, from
+    the start, leaving out the pieces task_batches holds out for validation (val_fraction, or 0
+    when the validation split is separate). learned['bytes'/'documents'] count what was read."""
+    for index, (piece, document_end) in enumerate(pieces):
+        if val_fraction and held_out(index, val_fraction):
+            continue
+        if learned["bytes"] >= max_bytes:
+            return
+        learned["bytes"] += len(piece.encode("utf-8"))
+        learned["documents"] += document_end
+        yield piece
+
+
+def learn_tokenizer(args, pieces, val_fraction, path):
+    """Learn a byte-level BPE of --vocab_size tokens from the training pieces into `path`
+    (tokenizer.json); what it learned from."""
+    import time
+
+    learned = {"bytes": 0, "documents": 0}
+    started = time.time()
+    print(f"learning a {args.vocab_size:,}-token vocabulary from the training split "
+          f"(at most its first {args.vocab_text_mb:,} MB)...", flush=True)
+    data = tokenizer.learn(learning_texts(pieces, val_fraction, args.vocab_text_mb * 10**6, learned), args.vocab_size)
+    atomic_write(path, lambda f: f.write(data))
+    print(f"learned it from {learned['bytes'] / 1e6:,.1f} MB of text ({learned['documents']:,} stories) "
+          f"in {time.time() - started:.1f}s")
+    return learned
+
+
 # ----------------------------------------------------------------------------- tokenizing
 
-_encoder = None
+_encoder, _encoder_path = None, None
 
 
-def _init_worker():
-    global _encoder
-    _encoder = load_tokenizer()
+def load_encoder(path):
+    """tiktoken's Encoding: GPT-2's for path None, else that of the tokenizer.json at path."""
+    return tokenizer.load_gpt2() if path is None else tokenizer.load_file(path)[0]
 
 
-def encode_pieces(pieces):
+def encode_pieces(pieces, tokenizer_path=None):
     """Token ids of (piece, ends_document) pairs, EOT after each document's last piece; the
-    number of documents ended and the bytes of text.
+    number of documents ended and the bytes of text. tokenizer_path: see load_encoder.
 
     The text is joined, with the EOT text at the end of each document, and encoded in one call
     with EOT as the only allowed special token: tiktoken then encodes each stretch between EOTs
@@ -331,11 +367,14 @@ def encode_pieces(pieces):
     less per-call overhead than one call per document, and straight into a numpy array. A piece
     that itself contains the EOT text would be cut there, so such a batch takes the per-piece path.
     """
+    global _encoder, _encoder_path
+    if _encoder is None or _encoder_path != tokenizer_path:  # once per worker process
+        _encoder, _encoder_path = load_encoder(tokenizer_path), tokenizer_path
     text_bytes = sum(len(piece.encode("utf-8")) for piece, _ in pieces)
     documents = sum(document_end for _, document_end in pieces)
-    eot_text = _encoder.decode([EOT_TOKEN])
+    eot, eot_text = _encoder.eot_token, tokenizer.EOT_TEXT
     if any(eot_text in piece for piece, _ in pieces):
-        ids = [t for piece, end in pieces for t in _encoder.encode_ordinary(piece) + [EOT_TOKEN] * end]
+        ids = [t for piece, end in pieces for t in _encoder.encode_ordinary(piece) + [eot] * end]
         return np.array(ids, dtype=np.uint16), documents, text_bytes
     joined = "".join(piece + eot_text * end for piece, end in pieces)
     ids = _encoder.encode_to_numpy(joined, allowed_special={eot_text}, disallowed_special=())
@@ -357,8 +396,9 @@ def write_to(f, data=b""):
         raise WriteError(f"cannot write {f.name}: {e.strerror}") from e
 
 
-def tokenize_to_files(jobs, out_files, stats, pool, num_proc, total):
-    """Tokenize `jobs` (split, pieces) in the worker pool and append ids to out_files[split].
+def tokenize_to_files(jobs, out_files, stats, pool, num_proc, total, tokenizer_path):
+    """Tokenize `jobs` (split, pieces) in the worker pool with the tokenizer at tokenizer_path
+    (None: GPT-2's) and append ids to out_files[split].
 
     At most a few tasks are in flight at once, so memory stays flat however large the input.
     """
@@ -377,7 +417,7 @@ def tokenize_to_files(jobs, out_files, stats, pool, num_proc, total):
             bar.update(documents)
 
         for split, pieces in jobs:
-            in_flight.append((split, pool.apply_async(encode_pieces, (pieces,))))
+            in_flight.append((split, pool.apply_async(encode_pieces, (pieces, tokenizer_path))))
             if len(in_flight) >= 4 * num_proc:
                 finish_one()
         while in_flight:
@@ -404,6 +444,12 @@ def main():
     parser.add_argument("--out_dir", default="data", help="where train.bin, validation.bin, meta.json go")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="tokenizer processes (default: all cores)")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument("--vocab_size", type=int, default=0,
+                        help="learn a byte-level BPE of this many tokens from the training split (0: GPT-2's 50,257)")
+    parser.add_argument("--vocab_text_mb", type=int, default=500,
+                        help="learn the vocabulary from at most the first this many MB of the training text")
+    parser.add_argument("--tokenizer", metavar="PATH",
+                        help="tokenize with an existing tokenizer.json: the file, or a data, run or exported folder")
     args = parser.parse_args()
     if not 0.0 < args.val_fraction < 1.0:
         raise UserError(f"--val_fraction={args.val_fraction} must be between 0 and 1")
@@ -411,34 +457,80 @@ def main():
         raise UserError(f"--num_proc={args.num_proc} must be at least 1")
     if args.max_stories < 0:
         raise UserError(f"--max_stories={args.max_stories} must be 0 (all) or more")
+    if args.vocab_size and not tokenizer.MIN_VOCAB <= args.vocab_size <= tokenizer.MAX_VOCAB:
+        raise UserError(f"--vocab_size={args.vocab_size} must be from {tokenizer.MIN_VOCAB} (the 256 bytes, a merge "
+                        f"and <|endoftext|>) to {tokenizer.MAX_VOCAB:,} (the .bin files are uint16), or 0 for GPT-2's")
+    if args.vocab_text_mb < 1:
+        raise UserError(f"--vocab_text_mb={args.vocab_text_mb} must be at least 1")
+    if args.vocab_size and args.tokenizer:
+        raise UserError("--vocab_size learns a new tokenizer and --tokenizer uses an existing one; give one of them")
+    tokenizer_path = tokenizer.find_tokenizer_file(args.tokenizer) if args.tokenizer else None
+    # fail now, with the offline instructions or what is wrong with the file, rather than in every worker
+    wanted = tokenizer.load_file(tokenizer_path)[1] if tokenizer_path else None if args.vocab_size else tokenizer.GPT2
+    if tokenizer_path is None and not args.vocab_size:
+        tokenizer.load_gpt2()
 
-    outputs = [os.path.join(args.out_dir, name) for name in ("train.bin", "validation.bin", "meta.json")]
-    if all(os.path.exists(p) for p in outputs) and not args.force:
-        print(f"{args.out_dir} already holds train.bin, validation.bin and meta.json; skipping (--force to redo)")
+    if already_prepared(args, wanted):
+        print(f"{args.out_dir} already holds train.bin, validation.bin and meta.json made with "
+              f"{tokenizer.describe(wanted) if wanted else f'a {args.vocab_size:,}-token vocabulary'}; "
+              "skipping (--force to redo)")
         return
     make_output_dir(args.out_dir, "--out_dir")
-    load_tokenizer()  # fail now, with the offline instructions, rather than inside every worker
     # Start the tokenizer processes before `datasets` is imported: forked later, each would carry
     # a copy of its memory.
-    with multiprocessing.Pool(args.num_proc, initializer=_init_worker) as pool, \
-            tempfile.TemporaryDirectory(prefix="prepare-") as scratch:
-        write_splits(args, pool, scratch)
+    with multiprocessing.Pool(args.num_proc) as pool, tempfile.TemporaryDirectory(prefix="prepare-") as scratch:
+        write_splits(args, pool, scratch, tokenizer_path)
 
 
-def write_splits(args, pool, scratch):
-    """Tokenize the input into OUT_DIR/{train,validation}.bin and write meta.json; `scratch` is a
-    temporary folder for files that are not kept."""
+def already_prepared(args, wanted):
+    """Whether out_dir holds finished outputs made with the tokenizer asked for (`wanted`, a
+    record; None for a vocabulary still to learn, matched by its size). UserError when it holds
+    outputs of another tokenizer: they are not silently kept, nor replaced without --force."""
+    meta_path = os.path.join(args.out_dir, "meta.json")
+    outputs = [os.path.join(args.out_dir, name) for name in ("train.bin", "validation.bin")] + [meta_path]
+    if args.force or not all(os.path.exists(p) for p in outputs):
+        return False
+    try:
+        with open(meta_path) as f:
+            found = tokenizer.record_of(json.load(f))
+    except (OSError, ValueError, AttributeError):
+        return False  # a broken meta.json describes nothing: make the outputs anew
+    if found["kind"] == "bpe" and not os.path.isfile(os.path.join(args.out_dir, tokenizer.TOKENIZER_FILE)):
+        return False
+    if wanted is None:
+        matches = found["kind"] == "bpe" and found["vocab_size"] == args.vocab_size
+        asked = f"a new {args.vocab_size:,}-token vocabulary"
+    else:
+        matches, asked = tokenizer.same_tokenizer(found, wanted), tokenizer.describe(wanted)
+    if not matches:
+        raise UserError(f"{args.out_dir} already holds data made with {tokenizer.describe(found)}, not {asked}; "
+                        "choose another --out_dir, or pass --force to replace it")
+    return True
+
+
+def write_splits(args, pool, scratch, tokenizer_path):
+    """Tokenize the input into OUT_DIR/{train,validation}.bin and write meta.json (and, for a
+    vocabulary learned here, tokenizer.json); `scratch` is a temporary folder for files that are
+    not kept. tokenizer_path: an existing tokenizer.json, or None (GPT-2's, or learn one)."""
     splits, revision = load_splits(args, scratch)
-    train, source = splits["train"]
-    train_pieces = dataset_pieces(train, args.text_column)
-    if args.max_stories:
-        train_pieces = first_documents(train_pieces, args.max_stories)
+
+    def train_pieces():  # read afresh: once to learn a vocabulary, once to tokenize
+        pieces = dataset_pieces(splits["train"][0], args.text_column)
+        return first_documents(pieces, args.max_stories) if args.max_stories else pieces
+
+    source = splits["train"][1]
+    val_fraction = args.val_fraction if splits["validation"] is None else 0.0
+    learned = None
+    if args.vocab_size:
+        tokenizer_path = os.path.join(scratch, tokenizer.TOKENIZER_FILE)
+        learned = learn_tokenizer(args, train_pieces(), val_fraction, tokenizer_path)
+    record = tokenizer.load_file(tokenizer_path)[1] if tokenizer_path else tokenizer.GPT2
     if splits["validation"] is None:
-        jobs = task_batches(train_pieces, val_fraction=args.val_fraction)
+        jobs = task_batches(train_pieces(), val_fraction=val_fraction)
         sources = {"train": source, "validation": f"{source} (held-out fraction {args.val_fraction})"}
     else:
         val_pieces = dataset_pieces(splits["validation"][0], args.text_column)
-        jobs = (job for split, pieces in (("train", train_pieces), ("validation", val_pieces))
+        jobs = (job for split, pieces in (("train", train_pieces()), ("validation", val_pieces))
                 for job in task_batches(pieces, split))
         sources = {split: splits[split][1] for split in SPLITS}
     datasets_read = [dataset for dataset, _ in filter(None, splits.values())]
@@ -450,7 +542,7 @@ def write_splits(args, pool, scratch):
     tmp_paths = {split: os.path.join(args.out_dir, f".{split}.bin.tmp") for split in SPLITS}
     out_files = {split: open(path, "wb") for split, path in tmp_paths.items()}
     try:
-        tokenize_to_files(jobs, out_files, stats, pool, args.num_proc, total)
+        tokenize_to_files(jobs, out_files, stats, pool, args.num_proc, total, tokenizer_path)
         for f in out_files.values():
             write_to(f)
             f.close()
@@ -460,6 +552,8 @@ def write_splits(args, pool, scratch):
         meta_path = os.path.join(args.out_dir, "meta.json")
         if os.path.exists(meta_path):  # a stale meta.json must never describe the new .bin files
             os.remove(meta_path)
+        if record["kind"] == "bpe":  # the tokenizer first: a data folder never holds .bin files without theirs
+            tokenizer.copy_file(os.path.dirname(tokenizer_path), args.out_dir)
         for split in SPLITS:  # only now do files that look complete appear
             os.replace(tmp_paths[split], os.path.join(args.out_dir, f"{split}.bin"))
     except WriteError as e:
@@ -474,7 +568,9 @@ def write_splits(args, pool, scratch):
 
     dataset = {"name": None if args.input else args.dataset, "config": args.dataset_config, "revision": revision,
                "text_column": args.text_column, "max_stories": args.max_stories or None}
-    meta = {"tokenizer": ENCODING_NAME, "vocab_size": VOCAB_SIZE, "eot_token": EOT_TOKEN,
+    if learned:
+        record = {**record, "learned_from": {"text_bytes": learned["bytes"], "stories": learned["documents"]}}
+    meta = {"tokenizer": record, "vocab_size": record["vocab_size"], "eot_token": record["vocab_size"] - 1,
             "dtype": "uint16", "dataset": dataset, "splits": stats}
     atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
     for split in SPLITS:

@@ -5,7 +5,8 @@
     python sample.py --interactive                  # one prompt per line from standard input
 
 Loads the best weights of a run (out_dir/best_model_params.pt, with the architecture from the
-config.json beside it) or any checkpoint given with --checkpoint.
+config.json beside it) or any checkpoint given with --checkpoint, and the tokenizer of that run:
+GPT-2's, or the tokenizer.json train.py copied beside it.
 
 --num_samples N writes the N stories as one batch: every step computes a token for each of them
 at once, far cheaper than writing them one after another (the weights are read once per step for
@@ -21,7 +22,7 @@ import cpu_fast_paths
 from checkpoint import load_model
 from common import (ArgumentParser, UserError, first_line, native_bf16, resolve_device, run_main,
                     warn_if_bf16_is_emulated)
-from tokenizer import EOT_TOKEN, load_tokenizer
+from tokenizer import EOT_TOKEN, load_run_tokenizer
 
 DEFAULT_PROMPT = "Once upon a time"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -114,10 +115,10 @@ def compile_decode_step(model, batch_size):
 
 
 def generate_stories(model, prompt_ids, num_samples, max_new_tokens, temperature=0.8, top_k=None, top_p=None,
-                     kv_cache=True, stop_at_eot=True, on_token=None):
+                     kv_cache=True, eot_token=EOT_TOKEN, on_token=None):
     """Continue prompt_ids num_samples times, all in one batch; the new tokens of each story.
 
-    With stop_at_eot a story ends at its end-of-text token, which is not included; its row of the
+    A story ends at its end-of-text token eot_token (None: never), which is not included; its row of the
     batch is still computed until every story has ended (or max_new_tokens), but nothing more is
     added to it. on_token(stories, finished) is called after every step with the token lists so
     far and which of them have ended.
@@ -129,7 +130,7 @@ def generate_stories(model, prompt_ids, num_samples, max_new_tokens, temperature
         for row, token in enumerate(tokens[:, 0].tolist()):
             if finished[row]:
                 continue
-            if stop_at_eot and token == EOT_TOKEN:
+            if token == eot_token:
                 finished[row] = True
             else:
                 stories[row].append(token)
@@ -201,7 +202,8 @@ def write_stories(model, enc, prompt, args):
     started = time.time()
     stories = generate_stories(model, prompt_ids, args.num_samples, args.max_new_tokens, args.temperature,
                                args.top_k or None, args.top_p, kv_cache=not args.no_kv_cache,
-                               stop_at_eot=not args.ignore_eot, on_token=printer.update)
+                               eot_token=None if args.ignore_eot else enc.eot_token,
+                               on_token=printer.update)
     seconds = time.time() - started
     printer.finish(stories)
     tokens = sum(len(story) for story in stories)
@@ -228,9 +230,10 @@ def main():
         raise UserError("--prompt is empty; give the story a beginning, e.g. --prompt \"Once upon a time\"")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    model = load_model(args.checkpoint or os.path.join(args.out_dir, "best_model_params.pt"), device)
+    checkpoint = args.checkpoint or os.path.join(args.out_dir, "best_model_params.pt")
+    model = load_model(checkpoint, device)
+    enc = load_run_tokenizer(checkpoint, model.config.vocab_size)  # GPT-2's, or the run's own
     prepare_for_sampling(model, device, dtype, args.compile)
-    enc = load_tokenizer()
     if args.compile:
         print("compiling the decode step...", end=" ", file=sys.stderr, flush=True)
         try:

@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 import checkpoint
 import config
 import cpu_fast_paths
+import tokenizer
 from common import (UserError, WriteError, atomic_write, first_line, last_line, make_output_dir, native_bf16,
                     remove_stale_temp_files, resolve_device, run_main, warn_if_bf16_is_emulated)
 from data import batch_rng, bits_per_byte, eval_rng, get_batch, load_meta
@@ -45,7 +46,7 @@ PEAK_BF16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A10": 1
                     "RTX 4090": 165, "RTX 3090": 71}
 METRIC_FIELDS = ["step", "tokens", "train_loss", "val_loss", "val_perplexity", "val_bits_per_byte", "lr", "seconds"]
 GPT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
-RUN_FILES = ("ckpt.pt", "best_model_params.pt", "metrics.csv", "loss.png")  # what a run writes besides config.json
+RUN_FILES = ("ckpt.pt", "best_model_params.pt", "metrics.csv", "loss.png", "tokenizer.json")  # what a run writes besides config.json
 
 
 # ----------------------------------------------------------------------------- setup
@@ -428,10 +429,12 @@ def model_args_and_data(cfg, given, architecture, init, log):
     data's vocabulary must fit it."""
     if init is None:
         meta = load_meta(cfg.data_dir, cfg.block_size)
+        check_tokenizer(cfg, meta, None)
         return scratch_model_args(cfg, meta["vocab_size"]), meta
     model_args = fine_tune_model_args(cfg, given, architecture, init["source"])
     vars(cfg).update({k: v for k, v in model_args.items() if k != "vocab_size"})
     meta = load_meta(cfg.data_dir, model_args["block_size"])
+    check_tokenizer(cfg, meta, init)
     if meta["vocab_size"] > model_args["vocab_size"]:
         raise UserError(f"the data's vocabulary ({meta['vocab_size']} tokens, {cfg.data_dir}/meta.json) does not "
                         f"fit the model's ({model_args['vocab_size']} tokens, {init['source']}); prepare the data "
@@ -441,6 +444,22 @@ def model_args_and_data(cfg, given, architecture, init, log):
         + ", ".join(f"{k}={model_args[k]}" for k in ("n_layer", "n_head", "n_embd", "bias", "vocab_size"))
         + f", block_size={model_args['block_size']} of its {architecture['block_size']} positions")
     return model_args, meta
+
+
+def check_tokenizer(cfg, meta, init):
+    """The data's tokenizer must be the one the weights this run continues were trained with (a
+    resumed run's, a fine-tune's source's), and a tokenizer of its own must be in data_dir intact."""
+    data = tokenizer.record_of(meta)
+    tokenizer.check_file(cfg.data_dir, data, f"the data in {cfg.data_dir}")
+    if cfg.init_from == "scratch":
+        return
+    resuming = cfg.init_from == "resume"
+    trained = tokenizer.run_record(os.path.join(cfg.out_dir, "ckpt.pt") if resuming else init["file"])
+    if not tokenizer.same_tokenizer(trained, data):
+        flag = "" if trained["kind"] == "gpt2" else f" --tokenizer={cfg.out_dir if resuming else cfg.init_from}"
+        raise UserError(f"{cfg.data_dir} was prepared with {tokenizer.describe(data)}, but the weights of "
+                        f"--init_from={cfg.init_from} were trained with {tokenizer.describe(trained)}; prepare the "
+                        f"data with theirs: python prepare.py{flag} --out_dir=DATA_DIR (and your input flags)")
 
 
 def load_fine_tune_weights(model, state_dict, source):
@@ -646,7 +665,10 @@ def main():
     rows = read_metrics(cfg.out_dir, step) if master and resumed_at is not None else []
     if master:
         remove_stale_temp_files(cfg.out_dir)
-        run_config = {"model_args": model_args, "config": vars(cfg), "world_size": world_size, "init": init}
+        run_config = {"model_args": model_args, "config": vars(cfg), "world_size": world_size, "init": init,
+                      "tokenizer": tokenizer.essentials(tokenizer.record_of(meta))}
+        if run_config["tokenizer"]["kind"] != "gpt2":  # the run folder is self-contained: its tokenizer goes with it
+            tokenizer.copy_file(cfg.data_dir, cfg.out_dir)
         atomic_write(os.path.join(cfg.out_dir, "config.json"), lambda f: f.write(json.dumps(run_config, indent=2).encode()))
     log(f"model: {raw_model.num_params() / 1e6:.2f}M parameters | device {device}, {str(dtype)[6:]}, "
         f"compile {use_compile}, {world_size} process(es) | {tokens_per_step:,} tokens per step | "

@@ -67,7 +67,7 @@ def test_exported_tokenizer_is_gpt2(tmp_path):
     assert export("--out_dir", str(tmp_path / "out"), "--to", str(tmp_path / "hf")).returncode == 0
     text = "Once upon a time, Lily saw a big dog. \"Hello!\" she said."
     hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
-    assert hf_tokenizer.encode(text) == tokenizer.load_tokenizer().encode_ordinary(text)
+    assert hf_tokenizer.encode(text) == tokenizer.load_gpt2().encode_ordinary(text)
     assert hf_tokenizer.eos_token_id == tokenizer.EOT_TOKEN
 
 

@@ -8,11 +8,11 @@ import pytest
 
 import prepare
 from conftest import assert_clean_error, make_stories, run_script, write_txt
-from tokenizer import EOT_TOKEN, load_tokenizer
+from tokenizer import EOT_TOKEN, load_gpt2
 
 
 def expected_ids(stories):
-    enc = load_tokenizer()
+    enc = load_gpt2()
     return [t for story in stories for t in enc.encode_ordinary(story) + [EOT_TOKEN]]
 
 
@@ -48,7 +48,8 @@ def test_each_format_gives_gpt2_ids_plus_eot_per_story(tmp_path, filename):
 
 def test_bin_files_match_meta_json(tiny_data):
     meta = json.loads((tiny_data / "meta.json").read_text())
-    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_token"], meta["dtype"]) == ("gpt2", 50257, 50256, "uint16")
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_token"], meta["dtype"]) == (
+        {"kind": "gpt2", "vocab_size": 50257}, 50257, 50256, "uint16")
     for split in ("train", "validation"):
         tokens = np.memmap(tiny_data / f"{split}.bin", dtype=np.uint16, mode="r")
         info = meta["splits"][split]
@@ -188,7 +189,7 @@ def book(chars, seed=0):
 
 @pytest.mark.parametrize("limit", [64, 1000, 4096])
 def test_pieces_of_a_long_document_tokenize_exactly_as_the_whole(limit):
-    enc = load_tokenizer()
+    enc = load_gpt2()
     text = book(20_000, seed=limit)
     pieces = list(prepare.document_pieces(text, limit=limit))
     assert len(pieces) > 1 and all(len(piece) <= limit for piece, _ in pieces)
@@ -200,7 +201,7 @@ def test_pieces_of_a_long_document_tokenize_exactly_as_the_whole(limit):
 def test_text_without_any_whitespace_is_cut_at_the_limit_losslessly():
     # nowhere to cut safely: the pieces are cut at the limit; the tokens of the word spanning each
     # cut may differ from the whole text's, but they decode to exactly the same text
-    enc = load_tokenizer()
+    enc = load_gpt2()
     text = "abcdefghij" * 1000
     pieces = [piece for piece, _ in prepare.document_pieces(text, limit=3000)]
     assert [len(piece) for piece in pieces] == [3000, 3000, 3000, 1000]
@@ -218,8 +219,7 @@ def test_a_txt_without_separators_is_read_in_pieces_that_rejoin_to_the_whole(tmp
 
 
 def test_batch_encoding_equals_encode_ordinary_per_document():
-    prepare._init_worker()
-    enc = load_tokenizer()
+    enc = load_gpt2()
     documents = ["Once upon a time.", "Émile saw a café 😊!\n\nThe end.", "x", "a\n<|endoftext|>"]
     pieces = [(documents[0], True), ("Émile saw a café", False), (" 😊!\n\nThe end.", True), (documents[2], True)]
     for batch, kept in ((pieces, documents[:3]), (pieces + [(documents[3], True)], documents)):

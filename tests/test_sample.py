@@ -106,7 +106,7 @@ def test_each_story_is_cut_at_its_own_end_of_text_and_the_batch_stops_when_all_h
 def test_ignore_eot_keeps_every_token_up_to_max_new_tokens():
     E = EOT_TOKEN
     model = scripted_model([[5, E, 7, 8], [E, 2, 3, 4]])
-    stories = sample.generate_stories(model, [0], 2, max_new_tokens=3, stop_at_eot=False)
+    stories = sample.generate_stories(model, [0], 2, max_new_tokens=3, eot_token=None)
     assert stories == [[5, E, 7], [E, 2, 3]]
     assert model.steps_taken == 3
 
