@@ -8,7 +8,7 @@ For each vocabulary size: the seconds and peak memory to learn it from --train_t
 process each, as prepare.py does), and the bytes per token it cuts the --held_out text into; GPT-2's
 bytes per token beside them; the single-thread encoding speed of a learned 4,096-token vocabulary
 and of GPT-2's (both tiktoken); and the time to learn 4,096 tokens from --big_mb MB of text (the
-training text repeated to that size). With --trainers, the time and peak memory of each
+training text's sentences mixed into new stories). With --trainers, the time and peak memory of each
 candidate trainer (rustbpe, Hugging Face tokenizers, sentencepiece) learning 4,096 tokens from
 --trainers_mb MB: the measure behind the kit's choice of rustbpe. More bytes per token is a shorter sequence for the same
 story; a smaller vocabulary is a smaller LM head. A size the text is too small for is reported as
@@ -23,7 +23,6 @@ import tempfile
 import time
 
 import tokenizer
-from bench import machine
 from common import ArgumentParser, UserError, run_main
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -39,12 +38,27 @@ def read_stories(path):
     return [story.strip() for story in text.split(tokenizer.EOT_TEXT) if story.strip()]
 
 
+def stream_stories(path):
+    """The stories of a TinyStories .txt one at a time, so the text is never in memory at once and
+    a trainer's peak memory is its own."""
+    story = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip() == tokenizer.EOT_TEXT:
+                yield "".join(story).strip()
+                story = []
+            else:
+                story.append(line)
+    if "".join(story).strip():
+        yield "".join(story).strip()
+
+
 def learn_with(trainer, stories, vocab_size, out_path):
     """Learn a byte-level BPE of vocab_size tokens from stories with one of the candidate trainers;
     only "rustbpe" is the kit's own (tokenizer.learn), the others are measured to justify that choice."""
     if trainer == "rustbpe":
         with open(out_path, "wb") as f:
-            f.write(tokenizer.learn(iter(stories), vocab_size))
+            f.write(tokenizer.learn(stories, vocab_size))
     elif trainer == "tokenizers":  # Hugging Face's, as its byte-level BPE docs set it up
         from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
@@ -58,7 +72,7 @@ def learn_with(trainer, stories, vocab_size, out_path):
         import sentencepiece
 
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(stories), model_prefix=out_path, model_type="bpe", vocab_size=vocab_size,
+            sentence_iterator=stories, model_prefix=out_path, model_type="bpe", vocab_size=vocab_size,
             split_digits=True, allow_whitespace_only_pieces=True, byte_fallback=True, unk_surface=r" \342\201\207 ",
             normalization_rule_name="identity", num_threads=os.cpu_count(), minloglevel=2)
     else:
@@ -68,12 +82,15 @@ def learn_with(trainer, stories, vocab_size, out_path):
 def learn_in_child(text_path, vocab_size, out_path, trainer="rustbpe"):
     """Learn in a fresh process (prepare.py's memory is its own, so is this measure); (seconds,
     peak RSS in bytes, error or None)."""
-    code = ("import resource, sys, time\n"
-            "from bench_tokenizer import learn_with, read_stories\n"
-            "stories = read_stories(sys.argv[1])\n"
+    code = ("import sys, time\n"
+            "from bench_tokenizer import learn_with, stream_stories\n"
+            "stories = stream_stories(sys.argv[1])\n"
             "started = time.time()\n"
             "learn_with(sys.argv[4], stories, int(sys.argv[2]), sys.argv[3])\n"
-            "print(time.time() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n")  # kB on Linux
+            "seconds = time.time() - started\n"
+            # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report this parent's peak
+            "peak_kb = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')][0]\n"
+            "print(seconds, int(peak_kb) * 1024)\n")
     result = subprocess.run([sys.executable, "-c", code, text_path, str(vocab_size), out_path, trainer], cwd=ROOT,
                             capture_output=True, text=True)
     if result.returncode:
@@ -86,28 +103,36 @@ def bytes_per_token(encoding, texts):
     return sum(len(t.encode()) for t in texts) / sum(len(ids) for ids in encoding.encode_ordinary_batch(texts, num_threads=1))
 
 
-def encode_rate(encoding, texts, repeats=3):
-    """Tokens per second of one thread encoding `texts` one by one (prepare.py's workers each do this)."""
+def encode_rate(encode, texts, repeats=5):
+    """Tokens per second of one thread encoding `texts` one by one with encode(text) (prepare.py's
+    workers each do this); the best of a few tries, as other work on the machine only slows it."""
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        tokens = sum(len(encoding.encode_ordinary(t)) for t in texts)
+        tokens = sum(len(encode(t)) for t in texts)
         best = min(best, time.perf_counter() - started)
     return tokens / best
 
 
-def repeated_text(text_path, mb, path):
-    """path, holding the stories of text_path repeated to at least mb MB (made once)."""
+def mixed_text(text_path, mb, path):
+    """path, holding at least mb MB of stories made of the sentences of text_path's stories, mixed
+    at random (made once). Each story is new, as in the full dataset, so no trainer can learn
+    from a few distinct stories counted many times; the words are the text's own."""
     if not os.path.exists(path):
-        with open(text_path, encoding="utf-8") as f:
-            text = f.read()
+        import random
+        import re
+
+        rng = random.Random(0)
+        sentences = [s for story in read_stories(text_path) for s in re.split(r"(?<=[.!?])\s+", story)]
         with open(path, "w", encoding="utf-8") as f:
-            for _ in range(-(-mb * 10**6 // len(text.encode()))):
-                f.write(text + f"\n{tokenizer.EOT_TEXT}\n")
+            while f.tell() < mb * 10**6:
+                f.write(" ".join(rng.choices(sentences, k=10)) + f"\n{tokenizer.EOT_TEXT}\n")
     return path
 
 
 def main():
+    from bench import machine  # torch with it: not in the learning child's memory
+
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--train_text", required=True, help="stories to learn from, in the TinyStories .txt layout")
     parser.add_argument("--held_out", required=True, help="text no vocabulary learned from, to measure bytes per token")
@@ -142,17 +167,22 @@ def main():
             print(" | ".join(lines[-1]), flush=True)
         rates = []
         if 4096 in learned:
-            own, theirs = encode_rate(learned[4096], stories), encode_rate(gpt2, stories)
-            rates = [("encode, 1 thread, a learned 4,096-token vocabulary (tiktoken)", f"{own / 1e6:.2f} M tokens/s"),
-                     ("encode, 1 thread, GPT-2's", f"{theirs / 1e6:.2f} M tokens/s")]
+            import rustbpe
+
+            trainers_own = rustbpe.Tokenizer()  # the same vocabulary in rustbpe's own encoder, the alternative
+            trainers_own.train_from_iterator(iter(stories), 4096 - 1, pattern=tokenizer.GPT2_PATTERN)
+            for name, encode in (("a learned 4,096-token vocabulary, tiktoken (the kit's)", learned[4096].encode_ordinary),
+                                 ("the same vocabulary, rustbpe's encoder", trainers_own.encode),
+                                 ("GPT-2's, tiktoken", gpt2.encode_ordinary)):
+                rates.append((f"encode, 1 thread, {name}", f"{encode_rate(encode, stories) / 1e6:.2f} M tokens/s"))
         for trainer in trainers:
-            big = repeated_text(args.train_text, args.trainers_mb, os.path.join(scratch, f"{args.trainers_mb}.txt"))
+            big = mixed_text(args.train_text, args.trainers_mb, os.path.join(scratch, f"{args.trainers_mb}.txt"))
             seconds, peak, error = learn_in_child(big, 4096, os.path.join(scratch, trainer), trainer)
             rates.append((f"learn 4,096 tokens from {os.path.getsize(big) / 1e6:.0f} MB with {trainer}",
                           error or f"{seconds:.1f} s, peak RSS {peak / 2**20:,.0f} MiB"))
             print(" | ".join(rates[-1]), flush=True)
         if args.big_mb:
-            big = repeated_text(args.train_text, args.big_mb, os.path.join(scratch, f"{args.big_mb}.txt"))
+            big = mixed_text(args.train_text, args.big_mb, os.path.join(scratch, f"{args.big_mb}.txt"))
             seconds, peak, error = learn_in_child(big, 4096, os.path.join(scratch, "big.json"))
             rates.append((f"learn 4,096 tokens from {os.path.getsize(big) / 1e6:.0f} MB with rustbpe",
                           error or f"{seconds:.1f} s, peak RSS {peak / 2**20:,.0f} MiB (target < {TARGET_BIG_LEARN_S} s: "
