@@ -57,8 +57,9 @@ muon_momentum = 0.95  # Muon's Nesterov momentum
 muon_weight_decay = 0.0  # Muon's decoupled weight decay (each step shrinks its weights by lr * this)
 muon_dtype = "auto"  # Muon's orthogonalization: 'auto' = bfloat16 where the device computes it (CUDA, AVX512-BF16/AMX CPUs), else float32
 
-# --- schedule, counted in optimizer steps ---
-max_iters = 5000  # optimizer steps in the whole run
+# --- schedule, counted in optimizer steps (or stretched over a time budget: max_minutes) ---
+max_iters = 5000  # optimizer steps in the whole run (with max_minutes: the most it may take)
+max_minutes = 0.0  # > 0: train for this many minutes of training time (not start-up or evaluation), the schedule spread over them; 0 = no budget
 warmup_iters = 200  # linear warmup from 0 to learning_rate
 lr_decay_iters = 5000  # cosine decay from learning_rate down to min_lr ends here
 min_lr = 1e-4  # floor of the schedule, usually learning_rate / 10
@@ -174,6 +175,8 @@ def parse_args(argv, given=None):
         i += 1
     if given is not None:
         given.update(names)
+    if "max_minutes" in names and cfg["max_minutes"] <= 0:  # 0 is the default's "no budget", not a budget
+        raise UserError(f"--max_minutes={cfg['max_minutes']} must be positive (leave it out to train for max_iters steps)")
     return validate(SimpleNamespace(**cfg))
 
 
@@ -198,6 +201,12 @@ def validate(cfg):
             raise UserError(f"--{name}={getattr(cfg, name)} must not be negative")
     if cfg.lr_decay_iters < cfg.warmup_iters:
         raise UserError(f"lr_decay_iters={cfg.lr_decay_iters} must be at least warmup_iters={cfg.warmup_iters}")
+    if cfg.max_minutes < 0:
+        raise UserError(f"--max_minutes={cfg.max_minutes} must not be negative (0: no time budget)")
+    if cfg.max_minutes and cfg.lr_decay_iters <= cfg.warmup_iters:  # the budget holds warmup_iters/lr_decay_iters of warmup
+        raise UserError(f"with --max_minutes the schedule is stretched over the budget, warmup taking warmup_iters / "
+                        f"lr_decay_iters of it; lr_decay_iters={cfg.lr_decay_iters} must be more than "
+                        f"warmup_iters={cfg.warmup_iters}")
     if cfg.n_embd % cfg.n_head and cfg.init_from in ("scratch", "resume"):  # a fine-tune's come from its source
         raise UserError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}; pick n_embd as a multiple of n_head")
     if not 0.0 <= cfg.dropout < 1.0:

@@ -31,6 +31,7 @@ import time
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 import checkpoint
 import config
@@ -338,11 +339,12 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, model, optimizers, scaler, model_args, cfg, step, best_val_loss, world_size, wandb_run_id,
-                    init):
+def save_checkpoint(path, model, optimizers, scaler, model_args, cfg, step, best_val_loss, train_seconds, world_size,
+                    wandb_run_id, init):
     """Write the whole training state to `path` (rank 0 writes). Every rank must call it: it
     gathers each rank's random state, so that a resumed run draws the same dropout masks. init:
-    where a fine-tune's first weights came from (load_fine_tune_source), None from scratch."""
+    where a fine-tune's first weights came from (load_fine_tune_source), None from scratch.
+    train_seconds: the training time used, so that a resumed --max_minutes budget goes on."""
     states = [rng_state()]
     if torch.distributed.is_initialized():
         states = [None] * world_size
@@ -353,12 +355,12 @@ def save_checkpoint(path, model, optimizers, scaler, model_args, cfg, step, best
     checkpoint.save({"model": model.state_dict(), "scaler": scaler.state_dict(),
                      "optimizer": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
                      "model_args": model_args, "config": vars(cfg), "step": step, "best_val_loss": best_val_loss,
-                     "rng": states, "wandb_run_id": wandb_run_id, "init": init}, path)
+                     "train_seconds": train_seconds, "rng": states, "wandb_run_id": wandb_run_id, "init": init}, path)
 
 
 def resume(path, model, optimizers, optimizer_name, scaler, model_args, rank, world_size, log):
     """Load ckpt.pt into the model, optimizers, scaler and random generators; (step, best_val_loss,
-    the id of its W&B run or None)."""
+    training seconds used, the id of its W&B run or None)."""
     # read onto the CPU: the generators' states must be CPU tensors, and load_state_dict copies the
     # weights and optimizer states to their parameters' device (no second copy on the GPU meanwhile)
     state = checkpoint.load_checkpoint(path, "cpu")
@@ -390,7 +392,7 @@ def resume(path, model, optimizers, optimizer_name, scaler, model_args, rank, wo
         log(f"note: the checkpoint was written by {len(rng_states)} processes, now {world_size}: "
             "dropout continues with fresh random streams (not bit-identical to an uninterrupted run)")
     log(f"resuming from {path} at step {step} (best val loss {best_val_loss:.4f})")
-    return step, best_val_loss, state.get("wandb_run_id")
+    return step, best_val_loss, state.get("train_seconds", 0.0), state.get("wandb_run_id")
 
 
 # ----------------------------------------------------------------------------- fine-tuning: starting from trained weights
@@ -572,6 +574,94 @@ class StopRequest:
         self.agreed = signum or None
 
 
+class TrainingClock:
+    """The seconds spent training: optimizer steps only, not start-up, evaluation or saving. With
+    --max_minutes the schedule follows the fraction of the budget used (schedule_position) and
+    the run stops when it is spent.
+
+    The clock is read (read()) only where the loop already waits for the device, so a GPU that
+    runs ahead is counted when it catches up; between readings it moves on by the last measured
+    time per step (at()). Under DDP rank 0's reading is every rank's, so all compute the same
+    learning rates and stop at the same step.
+    """
+
+    def __init__(self, step, used_seconds, budget_minutes):
+        self.budget = budget_minutes * 60  # 0: no budget
+        self.read_step, self.read_seconds = step, used_seconds  # the last reading
+        self.seconds_per_step = 0.0  # unknown until the first reading
+        self.unread = 0.0  # this process's training seconds since the last reading
+        self.started = None
+
+    def start(self):
+        self.started = time.time()
+
+    def pause(self):
+        self.unread += time.time() - self.started
+
+    def read(self, step, device):
+        """Take a reading at `step`; every rank calls it at the same steps."""
+        unread = self.unread
+        if torch.distributed.is_initialized():
+            shared = torch.tensor([unread], dtype=torch.float64, device=device)
+            torch.distributed.broadcast(shared, src=0)
+            unread = shared.item()
+        if step > self.read_step:
+            self.seconds_per_step = unread / (step - self.read_step)
+        self.read_step, self.read_seconds, self.unread = step, self.read_seconds + unread, 0.0
+
+    def at(self, step):
+        """The training seconds used by the end of optimizer step `step`: measured at the last
+        reading, extrapolated beyond it."""
+        return self.read_seconds + (step - self.read_step) * self.seconds_per_step
+
+    def out_of_time(self, step):
+        return bool(self.budget) and self.at(step) >= self.budget
+
+    def schedule_position(self, step, cfg):
+        """Where get_lr is in its schedule at `step`: the step itself, or with a budget the same
+        fraction of lr_decay_iters as the fraction of the budget used."""
+        return min(self.at(step) / self.budget, 1.0) * cfg.lr_decay_iters if self.budget else step
+
+    def seconds_left(self, step, cfg, eval_seconds):
+        """Wall-clock seconds to the end of the run: the training left (the steps to max_iters at
+        the measured pace, or the budget left if sooner) and the evaluations on the way."""
+        training = (cfg.max_iters - step) * self.seconds_per_step
+        if self.budget:
+            training = max(0.0, min(training, self.budget - self.at(step)))
+        last_step = step + (training / self.seconds_per_step if self.seconds_per_step else 0)
+        evaluations = int(last_step // cfg.eval_interval - step // cfg.eval_interval)
+        evaluations += bool(last_step % cfg.eval_interval)  # the last step's own
+        return training + evaluations * eval_seconds
+
+
+def duration(seconds):
+    """'2 d 3 h', '3 h 12 min', '12 min', '40 s': as precise as a person reading a log wants."""
+    seconds = max(0, round(seconds))
+    days, hours, minutes = seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min" if minutes else f"{seconds} s"
+
+
+def progress_bar(cfg, step, clock):
+    """A progress bar for a terminal: minutes of the budget, or steps; log lines print above it."""
+    if clock.budget:
+        return tqdm(total=cfg.max_minutes, initial=clock.at(step) / 60, dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| minute {n:.1f} of {total:g} [{elapsed}<{remaining}]")
+    return tqdm(total=cfg.max_iters, initial=step, unit="step", dynamic_ncols=True)
+
+
+def warn_if_too_long_for_a_cpu(seconds_left, log):
+    """config.py's defaults are sized for a GPU: on a CPU they take weeks. Say so after the first
+    steps, not at the end, and name what fits a laptop."""
+    if seconds_left > 3 * 3600:
+        log(f"note: at this pace the run needs about {duration(seconds_left)} more on this CPU. For stories on a "
+            "laptop train presets/laptop.py (its first lines say how to prepare its data), or give any run a time "
+            "budget with --max_minutes=N")
+
+
 def throughput(model, steps, tokens_per_step, seconds, device_type, world_size):
     """{'tokens_per_s', 'tflops', 'mfu'}; MFU (a fraction) only on a GPU whose bf16 peak is known."""
     tokens_per_s = steps * tokens_per_step / seconds
@@ -607,7 +697,7 @@ def main():
     cfg = config.parse_args(sys.argv[1:], given)
     rank, local_rank, world_size, device = setup_distributed(cfg.device)
     master = rank == 0
-    log = print if master else (lambda *args, **kwargs: None)
+    log = tqdm.write if master else (lambda *args, **kwargs: None)  # tqdm.write: above a progress bar, if any
     wandb = import_wandb() if cfg.wandb_log and master else None
     device_type = device.split(":")[0]
     dtype = resolve_dtype(cfg.dtype, device_type)
@@ -644,14 +734,17 @@ def main():
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     for seed_rng in (torch.manual_seed, random.seed, np.random.seed):
         seed_rng(cfg.seed + rank)  # after the init: each rank its own dropout masks
-    step, best_val_loss, wandb_run_id = 0, float("inf"), None
+    step, best_val_loss, train_seconds, wandb_run_id = 0, float("inf"), 0.0, None
     if cfg.init_from == "resume":
-        step, best_val_loss, wandb_run_id = resume(ckpt_path, raw_model, optimizers, cfg.optimizer, scaler, model_args,
-                                                   rank, world_size, log)
+        step, best_val_loss, train_seconds, wandb_run_id = resume(ckpt_path, raw_model, optimizers, cfg.optimizer,
+                                                                  scaler, model_args, rank, world_size, log)
     resumed_at = step if cfg.init_from == "resume" else None
-    if resumed_at is not None and step >= cfg.max_iters:
-        log(f"{ckpt_path} is at step {step} and --max_iters={cfg.max_iters}: nothing left to train "
-            "(raise --max_iters to train further)")
+    clock = TrainingClock(step, train_seconds, cfg.max_minutes)  # a resumed budget goes on where it stopped
+    if resumed_at is not None and (step >= cfg.max_iters or clock.out_of_time(step)):
+        spent = f"--max_iters={cfg.max_iters}" if step >= cfg.max_iters else \
+            f"{train_seconds / 60:.1f} minutes of --max_minutes={cfg.max_minutes:g} used"
+        log(f"{ckpt_path} is at step {step} and {spent}: nothing left to train "
+            "(raise --max_iters or --max_minutes to train further)")
         finish_distributed()
         return
 
@@ -673,22 +766,30 @@ def main():
     log(f"model: {raw_model.num_params() / 1e6:.2f}M parameters | device {device}, {str(dtype)[6:]}, "
         f"compile {use_compile}, {world_size} process(es) | {tokens_per_step:,} tokens per step | "
         f"optimizer {cfg.optimizer}")
+    if cfg.max_minutes:
+        log(f"time budget: {cfg.max_minutes:g} minutes of training (start-up and evaluation not counted), "
+            f"the schedule spread over them; at most {cfg.max_iters:,} steps. Not bit-reproducible: the steps "
+            "taken depend on the machine's speed")
 
     stop = StopRequest(announce=master)
     step_losses = []  # the training losses since the last check, on the device
     saved_step = resumed_at  # the step whose state ckpt.pt on disk holds
     start_time = last_log_time = time.time()
-    last_log_step = step
+    last_log_step = first_step = step
+    eval_seconds = 0.0  # the last evaluation's, for the estimate of the time left
+    bar = progress_bar(cfg, step, clock) if master and sys.stderr.isatty() else None  # tqdm draws on stderr
     tracker = start_wandb(wandb, cfg, wandb_run_id, init) if wandb else None
     save = functools.partial(save_checkpoint, ckpt_path, raw_model, optimizers, scaler, model_args, cfg,
                              world_size=world_size, wandb_run_id=tracker.id if tracker else wandb_run_id, init=init)
     with explain_write_failures(cfg.out_dir), explain_compile_failures(use_compile):
         while True:
             # evaluate, keep the best weights, save the latest state
-            if (step % cfg.eval_interval == 0 or step == cfg.max_iters) and step != resumed_at:
+            finished = step >= cfg.max_iters or clock.out_of_time(step)
+            if (step % cfg.eval_interval == 0 or finished) and step != resumed_at:
+                eval_started = time.time()
                 losses = estimate_loss(eval_model, cfg, rank, world_size, device, autocast)
-                row = metrics_row(step, losses, get_lr(step, cfg), tokens_per_step, meta["splits"]["validation"],
-                                  time.time() - start_time)
+                row = metrics_row(step, losses, get_lr(clock.schedule_position(step, cfg), cfg), tokens_per_step,
+                                  meta["splits"]["validation"], time.time() - start_time)
                 log(f"eval step {step}: train loss {losses['train']:.4f} | val loss {row['val_loss']:.4f}, "
                     f"perplexity {row['val_perplexity']:.2f}, {row['val_bits_per_byte']:.4f} bits/byte")
                 if master:
@@ -700,43 +801,59 @@ def main():
                     best_val_loss = losses["validation"]
                     if master:
                         checkpoint.save(raw_model.state_dict(), best_path)
-                    save(step=step, best_val_loss=best_val_loss)
+                    save(step=step, best_val_loss=best_val_loss, train_seconds=clock.at(step))
                     saved_step = step
                     log(f"  new best val loss; saved {best_path} and ckpt.pt")
+                eval_seconds = time.time() - eval_started
                 last_log_time, last_log_step = time.time(), step  # keep evaluation out of tokens/s
-            if step >= cfg.max_iters or stop.agreed is not None:
+            if finished or stop.agreed is not None:
                 if saved_step != step:
-                    save(step=step, best_val_loss=best_val_loss)
+                    save(step=step, best_val_loss=best_val_loss, train_seconds=clock.at(step))
                 break
             if step % cfg.checkpoint_interval == 0 and step > 0 and saved_step != step:
-                save(step=step, best_val_loss=best_val_loss)
+                save(step=step, best_val_loss=best_val_loss, train_seconds=clock.at(step))
                 saved_step = step
 
             # one optimizer step, at this step's learning rates; its loss stays on the device
-            lr = set_learning_rates(optimizers, step, cfg)
+            clock.start()
+            lr = set_learning_rates(optimizers, clock.schedule_position(step, cfg), cfg)
             next_batch = functools.partial(training_batch, cfg, device, step, rank * accum_steps)
             step_losses.append(train_step(model, optimizers, scaler, next_batch, accum_steps, autocast, cfg.grad_clip))
             step += 1
 
-            # wait for the device only before a log, eval or save: check the losses, agree on stopping
-            if is_sync_step(step, cfg) or (world_size == 1 and stop.signum is not None):
+            # wait for the device only before a log, eval or save (and at the first two steps, to
+            # time one): check the losses, agree on stopping, read the training clock
+            reading = is_sync_step(step, cfg) or step - first_step <= 2 or clock.out_of_time(step)
+            if reading or (world_size == 1 and stop.signum is not None):
                 loss = check_losses(step_losses, step, world_size, scaler, cfg.out_dir)[-1]
                 step_losses.clear()
                 stop.agree(device)
+            clock.pause()
+            if reading:
+                clock.read(step, device)
+            if bar:
+                bar.update((clock.at(step) / 60 if clock.budget else step) - bar.n)
 
-            # log
-            if step % cfg.log_interval == 0 and master:
+            # log: the first step at once, then every log_interval steps
+            if (step % cfg.log_interval == 0 or step == first_step + 1) and master:
                 speed = throughput(raw_model, step - last_log_step, tokens_per_step, time.time() - last_log_time,
                                    device_type, world_size)
                 mfu = f" | MFU {100 * speed['mfu']:.1f}%" if speed["mfu"] else ""
+                budget = f" | minute {clock.at(step) / 60:.1f} of {cfg.max_minutes:g}" if clock.budget else ""
                 log(f"step {step}/{cfg.max_iters} | loss {loss:.4f} | lr {lr:.2e} | "
-                    f"{speed['tokens_per_s']:,.0f} tokens/s | {speed['tflops']:.2f} TFLOP/s{mfu}")
+                    f"{speed['tokens_per_s']:,.0f} tokens/s | {speed['tflops']:.2f} TFLOP/s{mfu}{budget} | "
+                    f"{duration(clock.seconds_left(step, cfg, eval_seconds))} left")
                 if tracker:
                     tracker.log({"loss": loss, "lr": lr, **{k: v for k, v in speed.items() if v is not None}}, step=step)
                 last_log_time, last_log_step = time.time(), step
+            if step == first_step + 2 and master and device_type == "cpu":  # the second step: free of start-up costs
+                warn_if_too_long_for_a_cpu(clock.seconds_left(step, cfg, eval_seconds), log)
 
-    if step == cfg.max_iters:
-        log(f"done: {step} steps, best val loss {best_val_loss:.4f}; sample with `python sample.py --out_dir={cfg.out_dir}`")
+    if bar:
+        bar.close()
+    if finished:
+        spent = f"{step} steps" if step >= cfg.max_iters else f"{step} steps in {cfg.max_minutes:g} minutes"
+        log(f"done: {spent}, best val loss {best_val_loss:.4f}; sample with `python sample.py --out_dir={cfg.out_dir}`")
     else:
         log(f"stopped by {signal.Signals(stop.agreed).name} after step {step}; saved {ckpt_path}. "
             f"Resume with: python train.py --init_from=resume --out_dir={cfg.out_dir} (plus your other flags)")

@@ -152,6 +152,47 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_resume_is_bit_exac
         assert torch.equal(tensor, b["model"][name]), name
 
 
+@pytest.mark.slow
+def test_with_a_time_budget_both_ranks_stop_at_the_same_step(tiny_data, tmp_path):
+    # a rank that stopped alone would leave the other waiting in an all-reduce until the timeout
+    result = torchrun(f"--data_dir={tiny_data}", f"--out_dir={tmp_path}", *FLAGS, "--max_iters=1000000",
+                      "--max_minutes=0.05", "--eval_interval=1000000", "--log_interval=5")
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert f"done: {state['step']} steps in 0.05 minutes" in result.stdout and state["train_seconds"] >= 3.0
+
+
+def read_clocks(rank, port, seconds, readings):
+    """One of two gloo processes: a training clock that measured `seconds` since its start."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    clock = train.TrainingClock(0, 0.0, 1.0)
+    clock.unread = seconds
+    clock.read(10, "cpu")
+    readings[rank] = (clock.at(10), clock.at(15))
+    torch.distributed.destroy_process_group()
+
+
+def test_every_rank_reads_rank_0s_training_clock():
+    # the learning rate follows the clock under a budget: ranks that read their own clocks would
+    # step with different learning rates, and their weights would drift apart unnoticed
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    readings = mp.Manager().dict()
+    processes = [mp.get_context("spawn").Process(target=read_clocks, args=(rank, port, seconds, readings))
+                 for rank, seconds in ((0, 10.0), (1, 20.0))]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(PROCESS_TIMEOUT)
+    assert [process.exitcode for process in processes] == [0, 0]
+    assert readings[0] == readings[1] == (10.0, 15.0)  # rank 0's 10 s, and on at its 1 s a step
+
+
 # ----------------------------------------------------------------------------- joining the process group
 
 @pytest.fixture

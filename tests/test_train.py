@@ -179,9 +179,9 @@ def test_a_checkpoint_from_before_muon_resumes_as_adamw(tiny_data, tmp_path):
                      "scaler": scaler.state_dict(), "model_args": model_args, "config": old_config, "step": 1,
                      "best_val_loss": 9.0, "rng": [rng_state()]}, str(tmp_path / "ckpt.pt"))
     resumed = make_optimizers(tiny_model(), cfg, "cpu")
-    step, _, wandb_run_id = resume(str(tmp_path / "ckpt.pt"), tiny_model(), resumed, "adamw", scaler, model_args,
-                                   0, 1, lambda *args: None)
-    assert (step, wandb_run_id) == (1, None)
+    step, _, train_seconds, wandb_run_id = resume(str(tmp_path / "ckpt.pt"), tiny_model(), resumed, "adamw", scaler,
+                                                  model_args, 0, 1, lambda *args: None)
+    assert (step, train_seconds, wandb_run_id) == (1, 0.0, None)  # written before time budgets: none used
     assert str(resumed["adamw"].state_dict()) == str(optimizers["adamw"].state_dict())
     with pytest.raises(UserError, match="trained with --optimizer=adamw, not --optimizer=muon"):
         resume(str(tmp_path / "ckpt.pt"), tiny_model(), make_optimizers(tiny_model(), cfg, "cpu"), "muon", scaler,
@@ -258,9 +258,11 @@ def test_the_loop_waits_for_the_device_only_at_log_eval_and_save_steps(tiny_data
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     assert len(step_losses) == 7
-    assert sorted(reads) == [0, 3, 6, 7]  # before the first step (evaluation), the log steps, the last step
+    # before the first step (evaluation), after the first two (timed for the estimate of the time
+    # left, the first one logged), the log steps, the last step
+    assert sorted(reads) == [0, 1, 2, 3, 6, 7]
     logged = [line.split("| loss ")[1].split()[0] for line in capsys.readouterr().out.splitlines() if "| loss " in line]
-    assert logged == [f"{step_losses[2].item():.4f}", f"{step_losses[5].item():.4f}"]  # the log step's own loss
+    assert logged == [f"{step_losses[i].item():.4f}" for i in (0, 2, 5)]  # the log step's own loss
 
 
 @pytest.mark.slow
