@@ -151,8 +151,9 @@ def load_hub(args, scratch):
             # a cache of this run's own keeps an earlier folder of the same name from being read
             cache_dir=scratch if local else None)
     except Exception as e:
-        hint = ("" if local else
-                "; without internet, pass local files with --input (see README 'Offline use')")
+        cache = ("HF_HUB_OFFLINE is set, and the dataset is not in your Hugging Face cache" if os.environ.get("HF_HUB_OFFLINE")
+                 else "if the dataset is already in your Hugging Face cache, set HF_HUB_OFFLINE=1")
+        hint = "" if local else f"; without internet, pass local text with --input FILE ({cache})"
         raise UserError(f"cannot load dataset {args.dataset} ({type(e).__name__}: {first_line(e)}){hint}") from e
     val_split = args.val_split or ("validation" if "validation" in loaded else None)
     for flag, split in (("--train_split", args.train_split), ("--val_split", val_split)):
@@ -475,11 +476,30 @@ def main():
               f"{tokenizer.describe(wanted) if wanted else f'a {args.vocab_size:,}-token vocabulary'}; "
               "skipping (--force to redo)")
         return
+    created = not os.path.exists(args.out_dir)
     make_output_dir(args.out_dir, "--out_dir")
-    # Start the tokenizer processes before `datasets` is imported: forked later, each would carry
-    # a copy of its memory.
-    with multiprocessing.Pool(args.num_proc) as pool, tempfile.TemporaryDirectory(prefix="prepare-") as scratch:
-        write_splits(args, pool, scratch, tokenizer_path)
+    try:
+        # Start the tokenizer processes before `datasets` is imported: forked later, each would
+        # carry a copy of its memory.
+        with multiprocessing.Pool(args.num_proc) as pool, tempfile.TemporaryDirectory(prefix="prepare-") as scratch:
+            write_splits(args, pool, scratch, tokenizer_path)
+    except (UserError, KeyboardInterrupt):
+        if created and not os.listdir(args.out_dir):  # a failed first try leaves no empty folder behind
+            os.rmdir(args.out_dir)
+        raise
+
+
+def data_source(args):
+    """What the data is made from, as meta.json records it (with the hub's revision beside it)."""
+    paths = lambda given: [os.path.abspath(path) for path in given] if given else None  # noqa: E731
+    return {"name": None if args.input else args.dataset, "config": args.dataset_config,
+            "text_column": args.text_column, "max_stories": args.max_stories or None,
+            "input": paths(args.input), "val_input": paths(args.val_input)}
+
+
+def describe_source(source):
+    what = f"local files {', '.join(source['input'])}" if source.get("input") else f"dataset {source['name']}"
+    return what + (f" (its first {source['max_stories']:,} stories)" if source.get("max_stories") else "")
 
 
 def already_prepared(args, wanted):
@@ -492,8 +512,9 @@ def already_prepared(args, wanted):
         return False
     try:
         with open(meta_path) as f:
-            found = tokenizer.record_of(json.load(f))
-    except (OSError, ValueError, AttributeError):
+            meta = json.load(f)
+        found, made_from = tokenizer.record_of(meta), meta["dataset"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return False  # a broken meta.json describes nothing: make the outputs anew
     if found["kind"] == "bpe" and not os.path.isfile(os.path.join(args.out_dir, tokenizer.TOKENIZER_FILE)):
         return False
@@ -505,6 +526,10 @@ def already_prepared(args, wanted):
     if not matches:
         raise UserError(f"{args.out_dir} already holds data made with {tokenizer.describe(found)}, not {asked}; "
                         "choose another --out_dir, or pass --force to replace it")
+    source = data_source(args)
+    if {k: made_from.get(k) for k in source} != source:
+        raise UserError(f"{args.out_dir} already holds data made from {describe_source(made_from)}, not from "
+                        f"{describe_source(source)}; choose another --out_dir, or pass --force to replace it")
     return True
 
 
@@ -566,8 +591,7 @@ def write_splits(args, pool, scratch, tokenizer_path):
             if os.path.exists(tmp_paths[split]):
                 os.remove(tmp_paths[split])
 
-    dataset = {"name": None if args.input else args.dataset, "config": args.dataset_config, "revision": revision,
-               "text_column": args.text_column, "max_stories": args.max_stories or None}
+    dataset = {**data_source(args), "revision": revision}
     if learned:
         record = {**record, "learned_from": {"text_bytes": learned["bytes"], "stories": learned["documents"]}}
     meta = {"tokenizer": record, "vocab_size": record["vocab_size"], "eot_token": record["vocab_size"] - 1,

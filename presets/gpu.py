@@ -1,3 +1,4 @@
+# prepare: python prepare.py
 # The fast single-GPU recipe: python train.py presets/gpu.py
 #
 # config.py's model, schedule and 131,072 tokens per optimizer step, as 4 micro-batches of

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import prepare
-from conftest import assert_clean_error, make_stories, run_script, write_txt
+from conftest import assert_clean_error, copy_of, make_stories, run_in_process, run_script, write_txt
 from tokenizer import EOT_TOKEN, load_gpt2
 
 
@@ -306,3 +306,14 @@ def test_a_txt_with_no_separators_is_one_document_tokenized_as_a_whole(tmp_path)
     assert result.returncode == 0, result.stderr
     assert np.fromfile(tmp_path / "d/train.bin", dtype=np.uint16).tolist() == expected_ids([text.strip()])
     assert json.loads((tmp_path / "d/meta.json").read_text())["splits"]["train"]["stories"] == 1
+
+
+def test_a_folder_holding_data_from_other_text_is_refused_not_kept(tiny_data, tmp_path):
+    data = copy_of(tiny_data, tmp_path)
+    write_txt(tmp_path / "other.txt", make_stories(20, seed=4))
+    result = run_in_process("prepare.py", "--input", tmp_path / "other.txt", "--out_dir", data)
+    assert_clean_error(result, "already holds data made from local files", f"not from local files {tmp_path / 'other.txt'}",
+                       "--force")
+    same = run_in_process("prepare.py", "--input", tiny_data.parent / "stories.txt", "--out_dir", data,
+                          "--val_fraction", "0.1")
+    assert same.returncode == 0 and "skipping" in same.stdout, same.stderr

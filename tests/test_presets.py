@@ -1,17 +1,21 @@
-"""presets/*.py: each parses, later flags win, and cpu_tiny really trains."""
+"""presets/*.py: each parses, later flags win, each says how to make its data, and the CPU ones really train."""
 import csv
 import json
 import os
+import random
+import re
+import shlex
 
 import pytest
 
 import config
-from conftest import MODERN, ROOT, run_script
+from conftest import MODERN, ROOT, run_script, write_txt
 
 PRESETS = os.path.join(ROOT, "presets")
 
 
-@pytest.mark.parametrize("name", ["seed.py", "gpu.py", "gpu_muon.py", "cpu_tiny.py", "modern.py", "finetune.py"])
+@pytest.mark.parametrize("name", ["seed.py", "gpu.py", "gpu_muon.py", "cpu_tiny.py", "laptop.py", "modern.py",
+                                  "finetune.py"])
 def test_each_preset_parses_and_sets_only_real_knobs(name):
     cfg = config.parse_args([os.path.join(PRESETS, name)])
     assert vars(cfg) != config.defaults()
@@ -77,3 +81,41 @@ def test_cpu_tiny_trains(tiny_data, tmp_path):
     assert [int(r["step"]) for r in rows] == [0, 6]
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"]) - 0.5  # it learned something
     assert (out_dir / "best_model_params.pt").is_file()
+
+
+def prepare_line(name):
+    """The preset's data step: the words of its one `# prepare: python prepare.py ...` line."""
+    with open(os.path.join(PRESETS, name)) as f:
+        lines = [line[len("# prepare: "):].strip() for line in f if line.startswith("# prepare:")]
+    assert len(lines) == 1, name
+    return shlex.split(lines[0])
+
+
+@pytest.mark.parametrize("name", ["gpu.py", "laptop.py"])  # the recipes run.sh picks
+def test_a_recipe_says_on_one_line_how_to_prepare_its_data_and_reads_it_from_there(name):
+    command = prepare_line(name)
+    assert command[:2] == ["python", "prepare.py"]
+    assert all(re.fullmatch(r"--[a-z_]+=[^/\s]+", flag) for flag in command[2:]), command  # flags, no paths
+    out_dir = dict(flag[2:].split("=", 1) for flag in command[2:]).get("out_dir", "data")
+    assert config.parse_args([os.path.join(PRESETS, name)]).data_dir == out_dir
+
+
+def rich_stories(n, seed=0):
+    """Stories of made-up words: enough different pairs to learn the 4,096 tokens the laptop preset asks for."""
+    rng = random.Random(seed)
+    syllables = [a + b for a in "bcdfghklmnprstvwz" for b in "aeiou"]
+    words = sorted({"".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(6000)})
+    return [" ".join(rng.choices(words, k=120)).capitalize() + "." for _ in range(n)]
+
+
+@pytest.mark.slow
+def test_the_laptop_presets_data_step_and_training_run(tmp_path):
+    write_txt(tmp_path / "stories.txt", rich_stories(600))
+    command = prepare_line("laptop.py")
+    prepared = run_script(*command[1:], "--input", tmp_path / "stories.txt", f"--out_dir={tmp_path / 'data'}")
+    assert prepared.returncode == 0, prepared.stderr
+    assert json.loads((tmp_path / "data/meta.json").read_text())["vocab_size"] == 4096
+    trained = run_script("train.py", "presets/laptop.py", f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'out'}",
+                         "--max_iters=2", "--eval_iters=1", cwd=ROOT)
+    assert trained.returncode == 0, trained.stderr
+    assert "done: 2 steps" in trained.stdout and "time budget: 30 minutes" in trained.stdout
