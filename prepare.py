@@ -152,7 +152,7 @@ def load_hub(args, scratch):
             cache_dir=scratch if local else None)
     except Exception as e:
         hint = ("" if local else
-                "; without internet, pass local files with --input (see README 'Offline use')")
+                "; without internet, pass local files with --input (see docs/offline.md)")
         raise UserError(f"cannot load dataset {args.dataset} ({type(e).__name__}: {first_line(e)}){hint}") from e
     val_split = args.val_split or ("validation" if "validation" in loaded else None)
     for flag, split in (("--train_split", args.train_split), ("--val_split", val_split)):
