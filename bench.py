@@ -52,7 +52,7 @@ from train import train_step
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = ("ceiling", "train", "sample", "prepare", "plain")
-# Targets, checked in every row.
+# Targets, checked in every run.
 TARGET_MFU = {"cpu": 0.80, "cuda": 0.50}  # of the measured matmul ceiling
 TARGET_SAMPLE_SPEEDUP = 10.0  # one greedy story: sample.py's fastest path vs no cache in float32, tokens/s
 TARGET_BATCH_SPEEDUP = 5.0  # 8 stories in one batch vs 1, tokens/s
