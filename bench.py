@@ -1,9 +1,9 @@
-"""Measure the project's speed figures and append them to BENCHMARKS.md.
+"""Measure the project's speed figures and record them in BENCHMARKS.md.
 
     python bench.py                          # CPU: every section, about 2 minutes on 2 cores
     python bench.py --device=cuda            # GPU: bf16 autocast, torch.compile, fused AdamW, micro-batch 256 (presets/gpu.py)
-    python bench.py --sections=train,sample  # some of: ceiling, train, sample, prepare
-    python bench.py --quick --no_record      # a smoke test: fewer repeats, small inputs, nothing appended
+    python bench.py --sections=train,sample  # some of: ceiling, train, sample, prepare, plain
+    python bench.py --quick --no_record      # a smoke test: fewer repeats, small inputs, nothing recorded
 
 Sections (each compared with its target, the TARGET_* constants below):
   ceiling  the matmul ceiling: every matmul of a training step of the default model (forward,
@@ -20,7 +20,13 @@ Sections (each compared with its target, the TARGET_* constants below):
            RSS of its whole process tree, against tiktoken's single-thread encode_ordinary rate.
   plain    prepare.py on one document with no separators (a book; --plain_mb, 200 MB) next to
            the same text as separated stories: bytes/s and peak RSS of each.
-Speed depends on what else runs on the machine: the load average is recorded with each run.
+Speed depends on what else runs on the machine: the share of the CPUs other processes took is
+recorded with each run.
+
+BENCHMARKS.md holds the latest results by topic. Each topic this run measured (training, sampling,
+prepare, plain; training and sampling per kind of device: cuda, cpu-bf16 for a CPU with bf16
+instructions, cpu) replaces its own section there, between `<!-- bench: KEY -->` markers, with
+the command, the machine and the date (record(), which the other bench scripts use too).
 """
 import contextlib
 import datetime
@@ -39,14 +45,14 @@ import torch
 
 import cpu_fast_paths
 import sample
-from common import ArgumentParser, UserError, resolve_device, run_main
+from common import ArgumentParser, UserError, atomic_write, native_bf16, resolve_device, run_main, underscored
 from model import GPT, GPTConfig
 from tokenizer import load_gpt2
 from train import train_step
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = ("ceiling", "train", "sample", "prepare", "plain")
-# Targets, checked in every row.
+# Targets, checked in every run.
 TARGET_MFU = {"cpu": 0.80, "cuda": 0.50}  # of the measured matmul ceiling
 TARGET_SAMPLE_SPEEDUP = 10.0  # one greedy story: sample.py's fastest path vs no cache in float32, tokens/s
 TARGET_BATCH_SPEEDUP = 5.0  # 8 stories in one batch vs 1, tokens/s
@@ -69,9 +75,10 @@ def parse_args(argv):
     parser.add_argument("--plain_mb", type=int, default=200, help="MB of text for the plain (separator-less) section")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and 10/20 MB prepare inputs (smoke test)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of one training step")
-    parser.add_argument("--no_record", action="store_true", help="print the results only, do not append to BENCHMARKS.md")
-    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the file rows are appended to")
-    parser.add_argument("--note", default="", help="a remark recorded with the row (what was changed, why)")
+    parser.add_argument("--no_record", action="store_true", help="print the results only, do not write BENCHMARKS.md")
+    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"),
+                        help="the file whose sections the results replace")
+    parser.add_argument("--note", default="", help="a remark recorded with the results (what was changed, why)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in sections if s not in SECTIONS]
@@ -427,6 +434,60 @@ def machine():
     return text
 
 
+def device_kind(device):
+    """'cuda', 'cpu-bf16' (a CPU with bf16 instructions) or 'cpu': their figures differ, so each
+    kind has its own sections in BENCHMARKS.md."""
+    kind = device.split(":")[0]
+    return "cpu-bf16" if kind == "cpu" and native_bf16("cpu") else kind
+
+
+# Flags that say where the results go, not what was measured (True: the flag takes a value).
+UNRECORDED_FLAGS = {"--output": True, "--note": True, "--no_record": False, "--work": True, "--plot": True}
+
+
+def recorded_command(script, argv):
+    """`python SCRIPT ARGS` as BENCHMARKS.md shows it: without UNRECORDED_FLAGS (and their values)."""
+    shown, skip = [], False
+    for arg in argv:
+        name = underscored(arg).split("=", 1)[0]
+        if skip:
+            skip = False
+        elif name in UNRECORDED_FLAGS:
+            skip = UNRECORDED_FLAGS[name] and "=" not in arg
+        else:
+            shown.append(arg)
+    return shlex.join(["python", script] + shown)
+
+
+def results_text(command, details, body):
+    """One run's results as BENCHMARKS.md shows them: the date, the command, `details` (the machine,
+    the load, the settings), then `body` (its tables)."""
+    return f"{datetime.datetime.now():%Y-%m-%d %H:%M}, `{command}`: {details}\n\n{body.strip()}\n"
+
+
+def record(path, key, title, text):
+    """Put `text` into the section `key` of the results file at `path` (BENCHMARKS.md), replacing
+    what its markers held; a file without that section gets it at its end, under the heading
+    `title`. The rest of the file stays as it was, byte for byte."""
+    begin, end = f"<!-- bench: {key} -->", f"<!-- /bench: {key} -->"
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = "# Benchmarks\n"
+    if old.count(begin) > 1:
+        raise UserError(f"{path} has the section {begin} more than once; remove all but one")
+    start = old.find(begin)
+    if start >= 0:
+        stop = old.find(end, start)
+        if stop < 0:
+            raise UserError(f"{path}: the section {begin} has no end marker {end}; add it")
+        new = old[:start] + f"{begin}\n{text}" + old[stop:]
+    else:
+        new = old + ("" if old.endswith("\n") else "\n") + f"\n## {title}\n\n{begin}\n{text}{end}\n"
+    atomic_write(path, lambda f: f.write(new.encode("utf-8")))
+
+
 def cpu_seconds():
     """(CPU seconds used by all processes on the machine, by this process and its children)."""
     import resource
@@ -455,11 +516,12 @@ def main():
     started, cpu_before = time.time(), cpu_seconds()
     config = GPTConfig()
     args.batch_size = batch_size = args.batch_size or (256 if cuda else 32)  # config.py's / presets/gpu.py's
-    lines = []  # the table rows: figure | value | target | verdict
+    rows = {}  # topic -> its table rows: figure | value | target | verdict
     print(f"bench on {device}: {machine()}, torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}", flush=True)
 
     ceiling = weighted = None
     if "ceiling" in args.sections:
+        lines = rows.setdefault("train", [])  # the ceiling is the training step's yardstick
         dtype = torch.bfloat16 if cuda else torch.float32
         ceiling, weighted, shapes = bench_ceiling(config, batch_size * config.block_size, device, dtype, 3 if cuda or not args.quick else 1)
         for name, M, K, N, rate in shapes:
@@ -484,6 +546,7 @@ def main():
                       f"{100 * r['mfu_weighted']:.1f}% of {weighted / 1e9:,.1f} GFLOP/s", "", ""))
 
     if "sample" in args.sections:
+        lines = rows.setdefault("sample", [])
         r = bench_sample(device, args.quick)
         print(f"sample: one greedy story {r['cached']:,.1f} tokens/s cached in {r['dtype']}, {r['cached_fp32']:,.1f} "
               f"cached in float32, {r['uncached']:,.1f} uncached, {r['speedup']:.1f}x; greedy identical: "
@@ -518,6 +581,7 @@ def main():
                       f"{r['one_compiled']:,.1f} / {r['batch_compiled']:,.1f} tokens/s", "", ""))
 
     if "prepare" in args.sections:
+        lines = rows.setdefault("prepare", [])
         r = bench_prepare(args.prepare_mb)
         lines.append(("tiktoken encode_ordinary, 1 thread, per story", f"{r['single_thread'] / 1e6:.1f} MB/s", "", ""))
         for run in r["runs"]:
@@ -534,6 +598,7 @@ def main():
                       f">= {r['target_rate'] / 1e6:.1f} MB/s", verdict(r["marginal"] >= r["target_rate"])))
 
     if "plain" in args.sections:
+        lines = rows.setdefault("plain", [])
         r = bench_plain(args.plain_mb)
         for layout in ("stories", "one document"):
             run = r[layout]
@@ -552,21 +617,21 @@ def main():
     (busy_before, own_before), (busy_after, own_after) = cpu_before, cpu_seconds()
     # what other processes took of the CPUs while this ran: their noise is in the numbers
     foreign = max(0.0, (busy_after - busy_before) - (own_after - own_before)) / (seconds * os.cpu_count())
-    command = shlex.join(["python", "bench.py"] + sys.argv[1:])
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    record = [f"\n## {when}: `{command}`\n",
-              f"{machine()}; torch {torch.__version__}; device {device}; {seconds / 60:.1f} min; other processes "
-              f"used {100 * foreign:.0f}% of the CPUs meanwhile" + (f"\n\n{args.note}" if args.note else "") + "\n",
-              "| figure | value | target | |", "|---|---|---|---|"]
-    record += [f"| {' | '.join(row)} |" for row in lines]
-    text = "\n".join(record) + "\n"
-    print(text)
-    if not args.no_record:
-        if not os.path.exists(args.output):
-            text = "# Benchmarks\n\nRows appended by `python bench.py`; see its docstring for what each figure means.\n" + text
-        with open(args.output, "a") as f:
-            f.write(text)
-        print(f"appended to {args.output}")
+    command = recorded_command("bench.py", sys.argv[1:])
+    details = (f"{machine()}; torch {torch.__version__}; {seconds / 60:.1f} min; other processes used "
+               f"{100 * foreign:.0f}% of the CPUs meanwhile" + (f"\n\n{args.note}" if args.note else ""))
+    kind = device_kind(device)
+    sections = {"train": (f"train-{kind}", f"Training step ({kind})"), "sample": (f"sample-{kind}", f"Sampling ({kind})"),
+                "prepare": ("prepare", "prepare.py"), "plain": ("prepare-plain", "prepare.py, one document")}
+    for topic, lines in rows.items():
+        key, title = sections[topic]
+        body = "\n".join(["| figure | value | target | |", "|---|---|---|---|"]
+                         + [f"| {' | '.join(row)} |" for row in lines])
+        text = results_text(command, details, body)
+        print(f"\n{text}")
+        if not args.no_record:
+            record(args.output, key, title, text)
+            print(f"recorded in {args.output}, section {key}")
 
 
 if __name__ == "__main__":

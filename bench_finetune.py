@@ -1,4 +1,4 @@
-"""Fine-tuning against training from scratch, on real text; appends to BENCHMARKS.md.
+"""Fine-tuning against training from scratch, on real text; records in BENCHMARKS.md.
 
     python bench_finetune.py --pretrain_text ../shared/data/tinystories_sample.txt \
         --text ../shared/data/tinyshakespeare.txt
@@ -12,17 +12,17 @@ It runs the commands a user would (prepare.py, train.py, sample.py), in the fold
   4. sample.py from the pretrained run and from the best fine-tune, the same prompt and seed.
 The runs of step 3 run at the same time with one torch thread each, so that whatever else the
 machine runs slows them alike. Their validation losses (train.py's estimate, the same windows
-at every evaluation) are drawn into --plot.
+at every evaluation) are drawn into --plot. The results replace BENCHMARKS.md's section
+"finetune" (bench.py's record()).
 """
 import csv
-import datetime
 import os
 import shlex
 import subprocess
 import sys
 import time
 
-from bench import cpu_seconds, machine
+from bench import cpu_seconds, machine, record, recorded_command, results_text
 from common import ArgumentParser, UserError, run_main
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -42,8 +42,9 @@ def parse_args(argv):
     parser.add_argument("--prompt", default="ROMEO:", help="the prompt of the samples before and after")
     parser.add_argument("--work", default="out-bench-finetune", help="folder for the data and the runs")
     parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "finetune.png"), help="the PNG to write")
-    parser.add_argument("--no_record", action="store_true", help="print the results only, do not append")
-    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the file rows are appended to")
+    parser.add_argument("--no_record", action="store_true", help="print the results only, do not write BENCHMARKS.md")
+    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"),
+                        help="the file whose section the results replace")
     args = parser.parse_args(argv)
     try:
         args.finetune_lrs = [float(v) for v in args.finetune_lrs.split(",")]
@@ -154,17 +155,15 @@ def main():
     best = min((name for name in runs if name != "scratch"), key=lambda name: runs[name][-1]["val_loss"])
     busy, own = (after - before for after, before in zip(cpu_seconds(), cpu_before))
     seconds = time.time() - started
-    command = shlex.join(["python", "bench_finetune.py"] + sys.argv[1:])
-    lines = [f"\n## {datetime.datetime.now():%Y-%m-%d %H:%M}: `{command}`\n",
-             f"{machine()} (each run: 1 torch thread); {seconds / 60:.1f} min; other processes used "
-             f"{100 * max(busy - own, 0) / (seconds * os.cpu_count()):.0f}% of the CPUs meanwhile. Model: "
-             f"{shlex.join(MODEL)}. Pretrained {args.pretrain_steps} steps on {args.pretrain_text} (best val loss "
-             f"{min(r['val_loss'] for r in metrics(pretrained)):.4f}); then {args.steps} steps on {args.text}, "
-             f"the runs side by side. Loss: train.py's estimate (10 batches, the same windows every evaluation).\n"]
+    details = (f"{machine()} (each run: 1 torch thread); {seconds / 60:.1f} min; other processes used "
+               f"{100 * max(busy - own, 0) / (seconds * os.cpu_count()):.0f}% of the CPUs meanwhile. Model: "
+               f"{shlex.join(MODEL)}. Pretrained {args.pretrain_steps} steps on {args.pretrain_text} (best val loss "
+               f"{min(r['val_loss'] for r in metrics(pretrained)):.4f}); then {args.steps} steps on {args.text}, "
+               f"the runs side by side. Loss: train.py's estimate (10 batches, the same windows every evaluation).")
     evals = [r["step"] for r in runs["scratch"]]
     shown = [s for s in evals if s in (0, 20, 40, 60, 100, 140) or s == evals[-1]]
-    lines += ["| run | " + " | ".join(f"val loss @{int(s)}" for s in shown) + " | wall-clock |",
-              "|---|" + "---|" * (len(shown) + 1)]
+    lines = ["| run | " + " | ".join(f"val loss @{int(s)}" for s in shown) + " | wall-clock |",
+             "|---|" + "---|" * (len(shown) + 1)]
     for name, rows in runs.items():
         by_step = {r["step"]: r for r in rows}
         lines.append(f"| {name}{' (best)' if name == best else ''} | "
@@ -176,15 +175,15 @@ def main():
             reach = steps_to_reach(scratch_final, runs[name])
             text = f"{reach:.0f} of {args.steps}" if reach is not None else f"not within {args.steps}"
             lines.append(f"- {name}: reaches scratch's final val loss {scratch_final:.4f} at step {text}")
-    report = "\n".join(lines) + "\n"
+    report = results_text(recorded_command("bench_finetune.py", sys.argv[1:]), details, "\n".join(lines))
     print(report)
     print(f"sample before (the pretrained run), prompt {args.prompt!r}:\n{sample(pretrained, args.prompt)}\n")
     print(f"sample after ({best}):\n{sample(out_dirs[best], args.prompt)}\n")
     print(f"sample of scratch:\n{sample(out_dirs['scratch'], args.prompt)}\n")
     print(f"plot: {args.plot}")
     if not args.no_record:
-        with open(args.output, "a") as f:
-            f.write(report)
+        record(args.output, "finetune", "Fine-tuning", report)
+        print(f"recorded in {args.output}, section finetune")
 
 
 if __name__ == "__main__":

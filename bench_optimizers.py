@@ -1,4 +1,4 @@
-"""Time to quality: AdamW against Muon (--optimizer=muon) on real text; appends to BENCHMARKS.md.
+"""Time to quality: AdamW against Muon (--optimizer=muon) on real text; records in BENCHMARKS.md.
 
     python bench_optimizers.py --text ../shared/data/tinyshakespeare.txt
     python bench_optimizers.py --text FILE --steps 60 --no_record         # a quick look
@@ -27,12 +27,13 @@ linearly in loss between two budgets; the loss along one run's curve (still at a
 rate) would overstate them. Wall-clock is the training time alone (evaluation excluded). All
 runs of a phase live in this one process and take their steps in turn, one step each, so that
 whatever else the machine runs slows every run alike; the load is recorded with the results.
+
+The results replace BENCHMARKS.md's section for this comparison on this kind of device (bench.py's
+record()): optimizers-KIND for one model, A-vs-B-KIND for two, KIND being cuda, cpu-bf16 or cpu.
 """
 import contextlib
-import datetime
 import functools
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -43,7 +44,7 @@ import torch
 
 import config
 import cpu_fast_paths
-from bench import cpu_seconds, machine, verdict
+from bench import cpu_seconds, device_kind, machine, record, recorded_command, results_text, verdict
 from common import ArgumentParser, UserError, resolve_device, run_main
 from eval import evaluate
 from model import GPT, GPTConfig
@@ -84,9 +85,10 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (float32 on either)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--no_record", action="store_true", help="print the results only, do not append")
-    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the file rows are appended to")
-    parser.add_argument("--note", default="", help="a remark recorded with the rows")
+    parser.add_argument("--no_record", action="store_true", help="print the results only, do not write BENCHMARKS.md")
+    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"),
+                        help="the file whose section the results replace")
+    parser.add_argument("--note", default="", help="a remark recorded with the results")
     args = parser.parse_args(argv)
     try:
         args.adamw_lrs = [float(v) for v in args.adamw_lrs.split(",")]
@@ -256,31 +258,38 @@ def main():
     (busy_before, own_before), (busy_after, own_after) = cpu_before, cpu_seconds()
     # what other processes took of the CPUs while this ran: their noise is in the times
     foreign = max(0.0, (busy_after - busy_before) - (own_after - own_before)) / (seconds * os.cpu_count())
-    make_report = report if len(args.archs) == 1 else report_archs
-    record = make_report(args, sweep, best, budgets, len(tokens["validation"]), device, seconds, foreign)
-    print(record)
+    kind = device_kind(device)
+    if len(args.archs) == 1:
+        key, title, body = f"optimizers-{kind}", f"AdamW and Muon ({kind})", report(args, sweep, best, budgets)
+    else:
+        key, title = f"{args.archs[0]}-vs-{args.archs[1]}-{kind}", f"{args.archs[1]} against {args.archs[0]} ({kind})"
+        body = report_archs(args, sweep, best, budgets)
+    text = results_text(recorded_command("bench_optimizers.py", sys.argv[1:]),
+                        settings(args, sweep, len(tokens["validation"]), seconds, foreign), body)
+    print(text)
     if not args.no_record:
-        with open(args.output, "a") as f:
-            f.write(record)
-        print(f"appended to {args.output}")
+        record(args.output, key, title, text)
+        print(f"recorded in {args.output}, section {key}")
 
 
-def sweep_table(args, sweep, best, val_tokens, device, seconds, foreign):
-    """The start of a BENCHMARKS.md section: the settings, and the sweep's losses and times."""
-    command = shlex.join(["python", "bench_optimizers.py"] + sys.argv[1:])
+def settings(args, sweep, val_tokens, seconds, foreign):
+    """What BENCHMARKS.md says of a run besides its tables: the machine, the load, the recipe."""
     models = " and ".join("GPT-2's block" if arch == "gpt2" else f"presets/{arch}.py's" for arch in args.archs)
-    lines = [f"\n## {datetime.datetime.now():%Y-%m-%d %H:%M}: `{command}`\n",
-             f"{machine()}; torch {torch.__version__}; device {device}; {seconds / 60:.1f} min; other processes used "
-             f"{100 * foreign:.0f}% of the CPUs meanwhile. Model: {args.n_layer} layers x {args.n_embd} wide, "
-             f"context {args.block_size}, no dropout, float32, {models}, Muon's orthogonalization in "
-             f"{muon_dtype(sweep)}. Every run: {args.batch_size} x "
-             f"{args.block_size} tokens a step, the same batches and initial weights, warmup {args.warmup} steps, "
-             f"then cosine to a tenth of each peak; Muon runs train the embeddings, biases and LayerNorms with AdamW "
-             f"at {args.muon_adamw_lr:g}. Loss: eval.py's pass over the whole validation split ({val_tokens:,} tokens)."
-             + (f"\n\n{args.note}" if args.note else "") + "\n"]
+    return (f"{machine()}; torch {torch.__version__}; {seconds / 60:.1f} min; other processes used "
+            f"{100 * foreign:.0f}% of the CPUs meanwhile. Model: {args.n_layer} layers x {args.n_embd} wide, "
+            f"context {args.block_size}, no dropout, float32, {models}, Muon's orthogonalization in "
+            f"{muon_dtype(sweep)}. Every run: {args.batch_size} x "
+            f"{args.block_size} tokens a step, the same batches and initial weights, warmup {args.warmup} steps, "
+            f"then cosine to a tenth of each peak; Muon runs train the embeddings, biases and LayerNorms with AdamW "
+            f"at {args.muon_adamw_lr:g}. Loss: eval.py's pass over the whole validation split ({val_tokens:,} tokens)."
+            + (f"\n\n{args.note}" if args.note else ""))
+
+
+def sweep_table(sweep, best):
+    """The sweep's losses and times, one row a run."""
     evals = sorted(sweep[0].val)
-    lines += ["| run | " + " | ".join(f"val loss @{step}" for step in evals) + " | training time | per step |",
-              "|---|" + "---|" * (len(evals) + 2)]
+    lines = ["| run | " + " | ".join(f"val loss @{step}" for step in evals) + " | training time | per step |",
+             "|---|" + "---|" * (len(evals) + 2)]
     for run in sweep:
         lines.append(f"| {label(run)}{' (best)' if run in best.values() else ''} | "
                      + " | ".join(f"{run.val[step]:.4f}" for step in evals)
@@ -288,11 +297,11 @@ def sweep_table(args, sweep, best, val_tokens, device, seconds, foreign):
     return lines
 
 
-def report(args, sweep, best, budgets, val_tokens, device, seconds, foreign):
-    """The BENCHMARKS.md section: the settings, the sweep's losses and times, the verdicts."""
+def report(args, sweep, best, budgets):
+    """The tables of a one-model run: the sweep's losses and times, the verdicts."""
     adamw, muon = best["adamw"], best["muon"]
     muon_short, adamw_long = budgets
-    lines = sweep_table(args, sweep, best, val_tokens, device, seconds, foreign)
+    lines = sweep_table(sweep, best)
 
     muon_steps = steps_to_reach(final_loss(adamw), muon_short, muon)
     adamw_steps = steps_to_reach(final_loss(muon), adamw, adamw_long)
@@ -328,10 +337,10 @@ def report(args, sweep, best, budgets, val_tokens, device, seconds, foreign):
     return "\n".join(lines) + "\n"
 
 
-def report_archs(args, sweep, best, budgets, val_tokens, device, seconds, foreign):
-    """The BENCHMARKS.md section of --archs=A,B: the sweep, then B against A under each optimizer."""
+def report_archs(args, sweep, best, budgets):
+    """The tables of --archs=A,B: the sweep, then B against A under each optimizer."""
     base_arch, arch = args.archs
-    lines = sweep_table(args, sweep, best, val_tokens, device, seconds, foreign)
+    lines = sweep_table(sweep, best)
     lines += ["", "| figure | value | target | |", "|---|---|---|---|"]
     for name in ("adamw", "muon"):
         base, new = best[base_arch, name], best[arch, name]

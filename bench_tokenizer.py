@@ -1,4 +1,4 @@
-"""Measure learned vocabularies against GPT-2's and append the figures to BENCHMARKS.md.
+"""Measure learned vocabularies against GPT-2's and record the figures in BENCHMARKS.md.
 
     python bench_tokenizer.py --train_text=stories.txt --held_out=val.txt
     python bench_tokenizer.py --train_text=... --held_out=... --sizes=1024,4096 --no_record
@@ -12,11 +12,10 @@ training text's sentences mixed into new stories). With --trainers, the time and
 candidate trainer (rustbpe, Hugging Face tokenizers, sentencepiece) learning 4,096 tokens from
 --trainers_mb MB: the measure behind the kit's choice of rustbpe. More bytes per token is a shorter sequence for the same
 story; a smaller vocabulary is a smaller LM head. A size the text is too small for is reported as
-such, with the largest it allows.
+such, with the largest it allows. The results replace BENCHMARKS.md's section "tokenizers"
+(bench.py's record()).
 """
-import datetime
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -131,7 +130,7 @@ def mixed_text(text_path, mb, path):
 
 
 def main():
-    from bench import machine  # torch with it: not in the learning child's memory
+    from bench import machine, record, recorded_command, results_text  # torch with it: not in the learning child's memory
 
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--train_text", required=True, help="stories to learn from, in the TinyStories .txt layout")
@@ -141,8 +140,9 @@ def main():
     parser.add_argument("--trainers", default="",
                         help="comma-separated trainers to compare at 4,096 tokens: rustbpe,tokenizers,sentencepiece")
     parser.add_argument("--trainers_mb", type=int, default=20, help="MB of text the --trainers learn from")
-    parser.add_argument("--no_record", action="store_true", help="print the results only, do not append to BENCHMARKS.md")
-    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the file rows are appended to")
+    parser.add_argument("--no_record", action="store_true", help="print the results only, do not write BENCHMARKS.md")
+    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"),
+                        help="the file whose section the results replace")
     args = parser.parse_args()
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -188,21 +188,17 @@ def main():
                           error or f"{seconds:.1f} s, peak RSS {peak / 2**20:,.0f} MiB (target < {TARGET_BIG_LEARN_S} s: "
                           f"{'met' if seconds < TARGET_BIG_LEARN_S else '**missed**'})"))
 
-    command = shlex.join(["python", "bench_tokenizer.py"] + sys.argv[1:])
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    record = [f"\n## {when}: `{command}`\n",
-              f"{machine()}; {(time.time() - started) / 60:.1f} min; learned from {len(stories):,} stories "
-              f"({sum(len(s.encode()) for s in stories) / 1e6:.1f} MB), bytes per token on "
-              f"{sum(len(s.encode()) for s in held_out) / 1e3:,.0f} KB of held-out text\n",
-              "| tokenizer | vocabulary | learning time | peak RSS | held-out bytes/token |", "|---|---|---|---|---|"]
-    record += [f"| {' | '.join(row)} |" for row in lines]
-    record += ["", "| figure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rates]
-    text = "\n".join(record) + "\n"
+    details = (f"{machine()}; {(time.time() - started) / 60:.1f} min; learned from {len(stories):,} stories "
+               f"({sum(len(s.encode()) for s in stories) / 1e6:.1f} MB), bytes per token on "
+               f"{sum(len(s.encode()) for s in held_out) / 1e3:,.0f} KB of held-out text")
+    table = ["| tokenizer | vocabulary | learning time | peak RSS | held-out bytes/token |", "|---|---|---|---|---|"]
+    table += [f"| {' | '.join(row)} |" for row in lines]
+    table += ["", "| figure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rates]
+    text = results_text(recorded_command("bench_tokenizer.py", sys.argv[1:]), details, "\n".join(table))
     print(text)
     if not args.no_record:
-        with open(args.output, "a") as f:
-            f.write(text)
-        print(f"appended to {args.output}")
+        record(args.output, "tokenizers", "Tokenizers", text)
+        print(f"recorded in {args.output}, section tokenizers")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
     def parse_args(self, args=None, namespace=None):
-        """Also accept the dashed spelling of every flag (--out-dir for --out_dir), as older commands used."""
+        """Also accept the dashed spelling of every flag: --out-dir for --out_dir."""
         args = sys.argv[1:] if args is None else list(args)
         return super().parse_args([underscored(arg) for arg in args], namespace)
 

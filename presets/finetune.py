@@ -2,7 +2,7 @@
 #     python train.py presets/finetune.py --init_from=out --data_dir=data_mine --out_dir=out-mine
 #
 # --init_from: a run folder, a ckpt.pt / best_model_params.pt, a Hugging Face GPT-2 folder, or gpt2
-# (README "Fine-tuning"). The architecture comes from those weights, so this file sets none of it.
+# (docs/finetuning.md). The architecture comes from those weights, so this file sets none of it.
 # Chosen by bench_finetune.py (BENCHMARKS.md): a short warmup, then a constant learning rate, a
 # few hundred small steps, and an evaluation often, so that best_model_params.pt keeps the best
 # point before the model starts to memorize a small text.

@@ -3,8 +3,8 @@
 # presets/gpu.py (bfloat16, torch.compile, 131,072 tokens per step as 4 micro-batches of 256 x 128)
 # with --optimizer=muon: torch.optim.Muon for the 2-D weights inside the transformer blocks,
 # AdamW (config.py's learning_rate, betas, weight decay) for the embeddings with the tied LM head,
-# biases and LayerNorms. Both follow config.py's warmup and cosine. README "Muon" has the
-# measured comparison with AdamW; it was measured on a CPU at a smaller scale, not on this recipe.
+# biases and LayerNorms. Both follow config.py's warmup and cosine. docs/modern.md says when to use
+# it; its comparison with AdamW (BENCHMARKS.md) was measured on a CPU at a smaller scale.
 device = "cuda"
 dtype = "bfloat16"
 compile = "true"

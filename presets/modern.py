@@ -6,9 +6,9 @@
 # ReLU² instead of GELU, the blocks' output projections initialized at zero, and no biases.
 # Only the architecture: the rest of the recipe stays as config.py or the preset before it has it.
 # Not here: x0_skip and logit_softcap, measured on top of these and of no help at this kit's scale
-# (README "The modern block").
-# The model cannot be exported to Hugging Face's GPT-2 (export.py says so). README "The modern
-# block" has the measured comparison with GPT-2's.
+# (BENCHMARKS.md).
+# The model cannot be exported to Hugging Face's GPT-2 (export.py says so). docs/modern.md says
+# what it buys against GPT-2's block; BENCHMARKS.md has the measurements.
 pos_emb = "rope"
 qk_norm = True
 mlp = "relu2"

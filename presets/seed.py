@@ -13,7 +13,7 @@
 #   - the seed's cosine went from lr 1e-4 UP to min_lr 5e-4 (its min_lr was the larger one). Our
 #     schedule decays, so it runs over the same range the other way: peak 5e-4, floor 1e-4;
 #   - AdamW eps stays torch's default 1e-8, and weight decay skips biases and LayerNorms (the seed
-#     decayed every parameter); see README "Differences from the seed".
+#     decayed every parameter); see docs/configuration.md, "The seed and what changed".
 n_layer = 6
 n_head = 6
 n_embd = 384

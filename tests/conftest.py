@@ -12,7 +12,7 @@ sys.path.insert(0, ROOT)
 # A pytest-xdist worker (and each script it starts: they inherit the variable) takes its share of
 # the cores, set before torch is imported. Left alone, each would run a thread per core, so 2
 # workers on 2 cores run 4 threads or more, and PyTorch's OpenMP threads spin while they wait for
-# each other, and tests take several times as long (measured: README, "Install and test"). A run
+# each other, and tests take several times as long (measured: BENCHMARKS.md, "The test suite"). A run
 # without workers, -n 0, keeps every core.
 if "PYTEST_XDIST_WORKER" in os.environ:
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # not on macOS

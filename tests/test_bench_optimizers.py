@@ -1,5 +1,6 @@
-"""bench_optimizers.py: the AdamW / Muon comparison runs end to end and records its verdicts
-(on a small text here; the real measurement reads tinyshakespeare.txt, which tests never do)."""
+"""bench_optimizers.py: the AdamW / Muon comparison runs end to end and records its verdicts in
+its own section of the results file (on a small text here; the real measurement reads
+tinyshakespeare.txt, which tests never do)."""
 import pytest
 
 from conftest import assert_clean_error, make_stories, run_in_process, run_script
@@ -18,10 +19,12 @@ def bench_on_stories(tmp_path, *flags):
 
 
 @pytest.mark.slow
-def test_the_comparison_runs_on_a_small_text_and_appends_its_rows(tmp_path):
+def test_the_comparison_runs_on_a_small_text_and_records_its_rows_in_its_section(tmp_path):
     result, output = bench_on_stories(tmp_path, "--adamw_lrs=1e-3,3e-3", "--muon_lrs=0.02")
     record = output.read_text()
-    assert record.strip() in result.stdout and f"appended to {output}" in result.stdout
+    section = record.split("<!-- bench: optimizers-")[1].split("-->", 1)[1].split("<!-- /bench:")[0]
+    assert section.strip() in result.stdout and f"recorded in {output}, section optimizers-" in result.stdout
+    assert "`python bench_optimizers.py --text " in section and "--output" not in section
     for row in ("| AdamW lr 0.001, 4 steps |", "| AdamW lr 0.003, 4 steps", "| Muon lr 0.02, 4 steps (best) |",
                 "val loss @2 | val loss @4 |", "best Muon with a 3-step schedule", "best AdamW with a 6-step schedule",
                 "steps Muon needs to reach AdamW's", "steps AdamW needs to reach Muon's",
@@ -38,6 +41,7 @@ def test_archs_compares_the_modern_block_with_gpt2_under_each_optimizer(tmp_path
     _, output = bench_on_stories(tmp_path, "--adamw_lrs=1e-3", "--muon_lrs=0.02", "--archs=gpt2,modern",
                                  "--arch_budget=0.5")
     record = output.read_text()
+    assert "<!-- bench: gpt2-vs-modern-cpu" in record
     for row in ("| AdamW lr 0.001, 4 steps (best) |", "| modern, AdamW lr 0.001, 4 steps (best) |",
                 "| modern, Muon lr 0.02, 4 steps (best) |", "GPT-2's block and presets/modern.py's",
                 "| AdamW: modern (lr 0.001) against gpt2 (lr 0.001), final val loss at 4 steps |",

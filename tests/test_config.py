@@ -1,4 +1,6 @@
 """config.py: defaults, command-line overrides, and refusing impossible settings."""
+import os
+
 import pytest
 
 import config
@@ -65,7 +67,11 @@ def test_every_knob_has_a_comment_in_config_py():
         assert "#" in line, line
 
 
-def test_readme_documents_every_knob():
-    readme = open(config.__file__.replace("config.py", "README.md")).read()
-    missing = [name for name in config.defaults() if f"| `{name}` |" not in readme]
+# Knobs measured to be of no help: not documented as options (docs/modern.md says they were tried).
+NOT_DOCUMENTED = {"x0_skip", "logit_softcap"}
+
+
+def test_docs_configuration_documents_every_knob():
+    page = open(config.__file__.replace("config.py", os.path.join("docs", "configuration.md"))).read()
+    missing = [name for name in config.defaults() if f"| `{name}` |" not in page and name not in NOT_DOCUMENTED]
     assert not missing
