@@ -6,7 +6,7 @@
 
 A recipe is NAME=FLAGS: train.py flags (a preset file too), plus --vocab_size=N for data whose
 vocabulary of N tokens is learned from the training text (0: GPT-2's). The data is prepared once
-per vocabulary (prepare.py --input TRAIN --val_input HELD_OUT, into --work_dir), so every recipe
+per vocabulary (prepare.py --input TRAIN --val_input HELD_OUT, into --work), so every recipe
 learns from the same text and is measured on the same held-out text, which no run sees.
 
 Each run trains with --max_minutes=MINUTES (training time: start-up and evaluation not counted),
@@ -17,7 +17,6 @@ much of the training text it has learned by heart. With --stories, the story che
 bench_stories.py on its stories. A row per recipe: steps, tokens/s, epochs of the training text
 (a user's full TinyStories run sees a few percent of one), held-out and training bits per byte.
 """
-import datetime
 import json
 import os
 import shlex
@@ -46,7 +45,7 @@ def script(name, *args, threads=1, cores=None, capture=True):
 
 def prepare(args, vocab_size):
     """The data folder for vocab_size (0: GPT-2's), made once."""
-    folder = os.path.join(args.work_dir, f"data-{vocab_size or 'gpt2'}")
+    folder = os.path.join(args.work, f"data-{vocab_size or 'gpt2'}")
     flags = [f"--vocab_size={vocab_size}"] if vocab_size else []
     script("prepare.py", "--input", *args.train_text.split(","), "--val_input", args.held_out, "--out_dir", folder,
            *flags, threads=os.cpu_count())
@@ -64,7 +63,7 @@ def run_recipe(args, name, flags):
     vocab_size = int(vocab[-1].split("=")[1]) if vocab else 0
     flags = [f for f in flags if not f.startswith("--vocab_size=")]
     data_dir = prepare(args, vocab_size)
-    out_dir = os.path.join(args.work_dir, "runs", "".join(c if c.isalnum() else "-" for c in name))
+    out_dir = os.path.join(args.work, "runs", "".join(c if c.isalnum() else "-" for c in name))
     shutil.rmtree(out_dir, ignore_errors=True)
     script("train.py", *RUN_FLAGS, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *flags,
            f"--max_minutes={args.minutes}", threads=args.threads, cores=args.cores)
@@ -83,9 +82,9 @@ def run_recipe(args, name, flags):
            "train_bpb": bits_per_byte(out_dir, data_dir, "train", meta["splits"]["validation"]["tokens"], args.cores)}
     if args.stories:
         out = script("bench_stories.py", f"--checkpoint={out_dir}/ckpt.pt", f"--data_dir={data_dir}",
-                     f"--num_stories={args.stories}", "--no_record", cores=args.cores)
-        row["stories"] = next(line for line in out.splitlines() if line.startswith("| "))
-        row["samples"] = out.split("Three stories, unedited:", 1)[1].split("appended")[0].strip()
+                     f"--num_stories={args.stories}", "--label=this", "--no_record", cores=args.cores)
+        row["stories"] = next(line for line in out.splitlines() if line.startswith("| this |"))
+        row["samples"] = out.split("Three stories, unedited:", 1)[1].strip()
     print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
                      if k not in ("stories", "samples")), flush=True)
     return row
@@ -102,9 +101,11 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="threads of each run")
     parser.add_argument("--cores", help="taskset core list for the runs, e.g. 1 or 0,1 (default: not pinned)")
     parser.add_argument("--stories", type=int, default=0, help="also the story check on this many stories (0: no)")
-    parser.add_argument("--work_dir", default=os.path.join(ROOT, "bench-budget"), help="data folders and runs")
-    parser.add_argument("--no_record", action="store_true", help="print the results only, do not append them")
-    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the file results are appended to")
+    parser.add_argument("--work", default=os.path.join(ROOT, "bench-budget"), help="the folder for data and runs")
+    parser.add_argument("--key", default="budget", help="the section of --output the results replace")
+    parser.add_argument("--title", default="Quality per compute", help="the section's heading, if it is new")
+    parser.add_argument("--no_record", action="store_true", help="print the results only, do not record them")
+    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the results file")
     args = parser.parse_args()
     recipes = []
     for recipe in args.recipe:
@@ -119,18 +120,16 @@ def main():
             raise UserError(f"{path} does not exist")
     started = time.time()
     rows = [run_recipe(args, name, flags) for name, flags in recipes]
-    record(args, rows, time.time() - started)
+    report(args, rows, time.time() - started)
 
 
-def record(args, rows, seconds):
-    from bench import machine
+def report(args, rows, seconds):
+    from bench import machine, record, recorded_command, results_text
 
-    command = shlex.join(["python", "bench_budget.py"] + sys.argv[1:])
     pinned = f", pinned to core(s) {args.cores}" if args.cores else ""
-    lines = [f"\n## {datetime.datetime.now():%Y-%m-%d %H:%M}: `{command}`\n",
-             f"{machine()}; each run {args.minutes:g} minutes of training on {args.threads} thread(s){pinned}; "
-             f"{seconds / 60:.0f} min in all\n",
-             "| recipe | vocabulary | parameters (M, no position table) | steps | tokens/s | epochs | "
+    details = (f"{machine()}; each run {args.minutes:g} minutes of training on {args.threads} thread(s){pinned}; "
+               f"{seconds / 60:.0f} min in all")
+    lines = ["| recipe | vocabulary | parameters (M, no position table) | steps | tokens/s | epochs | "
              "held-out bits/byte | training-text bits/byte |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['recipe']} | {r['vocab']:,} | {r['params_M']:.2f} | {r['steps']:,} | {r['tokens_per_s']:,.0f} | "
               f"{r['epochs']:.2f} | {r['held_out_bpb']:.4f} | {r['train_bpb']:.4f} |" for r in rows]
@@ -141,12 +140,11 @@ def record(args, rows, seconds):
         lines += [f"| {r['recipe']} |" + r["stories"].split("|", 2)[2] for r in rows]
         for r in rows:
             lines += ["", f"Stories of {r['recipe']}:", "", r["samples"]]
-    text = "\n".join(lines) + "\n"
+    text = results_text(recorded_command("bench_budget.py", sys.argv[1:]), details, "\n".join(lines))
     print(text)
     if not args.no_record:
-        with open(args.output, "a") as f:
-            f.write(text)
-        print(f"appended to {args.output}")
+        record(args.output, args.key, args.title, text)
+        print(f"recorded in {args.output}, section {args.key}")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,10 @@ weights on the data's validation split (eval.py's measure, comparable across tok
     set trained for many epochs gives its stories back;
   - distinct-2: distinct word bigrams over all bigrams of all stories (they should not all be
     one story).
-Words are whitespace-separated, so the figures compare across tokenizers. It appends the figures
-and three unedited stories to BENCHMARKS.md (--no_record: print only).
+Words are whitespace-separated, so the figures compare across tokenizers. It records the figures
+and three unedited stories in BENCHMARKS.md, section --key (--no_record: print only).
 """
-import datetime
 import os
-import shlex
 import sys
 
 import numpy as np
@@ -135,8 +133,9 @@ def main():
                         help="check copying against at most this many tokens of the training text")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--label", default="", help="a name for the run in the recorded table")
-    parser.add_argument("--no_record", action="store_true", help="print the results only, do not append them")
-    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the file results are appended to")
+    parser.add_argument("--key", default="stories", help="the section of --output the results replace")
+    parser.add_argument("--no_record", action="store_true", help="print the results only, do not record them")
+    parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the results file")
     args = parser.parse_args()
     if args.num_stories < 1 or args.max_new_tokens < 1 or args.train_tokens < 8:
         raise UserError("--num_stories and --max_new_tokens must be at least 1, --train_tokens at least 8")
@@ -173,23 +172,19 @@ def report(args, checkpoint, data_dir, bpb, figures, results):
     row = (f"| {args.label or args.out_dir} | {bpb:.4f} | {figures['ended']:.0%} | {figures['repetition_4gram']:.1%} | "
            f"{figures['copied_8gram']:.1%} | {figures['longest_copy_words']} | {figures['distinct_2']:.3f} | "
            f"{figures['mean_words']:.0f} |")
-    from bench import machine
+    from bench import machine, record, recorded_command, results_text
 
-    command = shlex.join(["python", "bench_stories.py"] + sys.argv[1:])
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    lines = [f"\n## {when}: `{command}`\n",
-             f"{machine()}; {figures['stories']} stories of at most {args.max_new_tokens} tokens from {len(PROMPTS)} "
-             f"prompts (temperature 0.8, top-k 200); held-out bits/byte on the validation split of the run's data\n",
-             "| run | held-out bits/byte | stories that end | repeated 4-grams | 8-grams copied from training | "
+    details = (f"{machine()}; {figures['stories']} stories of at most {args.max_new_tokens} tokens from {len(PROMPTS)} "
+               "prompts (temperature 0.8, top-k 200); held-out bits/byte on the validation split of the run's data")
+    lines = ["| run | held-out bits/byte | stories that end | repeated 4-grams | 8-grams copied from training | "
              "longest copy (words) | distinct-2 | words per story |",
              "|---|---|---|---|---|---|---|---|", row, "", "Three stories, unedited:", ""]
     lines += [f"> {text.strip()}".replace("\n", "\n> ") + "\n" for _, text, _ in results[:: max(1, len(results) // 3)][:3]]
-    text = "\n".join(lines) + "\n"
+    text = results_text(recorded_command("bench_stories.py", sys.argv[1:]), details, "\n".join(lines))
     print(text)
     if not args.no_record:
-        with open(args.output, "a") as f:
-            f.write(text)
-        print(f"appended to {args.output}")
+        record(args.output, args.key, "Stories", text)
+        print(f"recorded in {args.output}, section {args.key}")
 
 
 if __name__ == "__main__":

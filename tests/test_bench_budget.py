@@ -12,16 +12,19 @@ def test_each_recipe_gets_a_row_with_its_vocabulary_steps_epochs_and_held_out_bi
     write_txt(tmp_path / "held_out.txt", make_stories(30, seed=7))
     output = tmp_path / "results.md"
     result = run_script("bench_budget.py", f"--train_text={tmp_path / 'train.txt'}",
-                        f"--held_out={tmp_path / 'held_out.txt'}", "--minutes=0.02", f"--work_dir={tmp_path / 'work'}",
-                        "--recipe", f"own=--vocab_size=300 {TINY}", "--recipe", f"gpt2={TINY}", f"--output={output}")
+                        f"--held_out={tmp_path / 'held_out.txt'}", "--minutes=0.02", f"--work={tmp_path / 'work'}",
+                        "--recipe", f"own=--vocab_size=300 {TINY}", "--recipe", f"gpt2={TINY}", f"--output={output}", "--stories=2")
     assert result.returncode == 0, result.stderr
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in output.read_text().splitlines()
+    table = output.read_text().split("Story check")[0]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines()
             if line.startswith(("| own |", "| gpt2 |"))}
     assert rows["own"][1] == "300" and rows["gpt2"][1] == "50,257"
     for cells in rows.values():
         steps, epochs, held_out = int(cells[3].replace(",", "")), float(cells[5]), float(cells[6])
         assert steps > 0 and epochs > 0 and 0 < held_out < 20
     assert (tmp_path / "work" / "data-300" / "tokenizer.json").is_file()  # learned from the training text
+    assert output.read_text().count("<!-- bench: budget -->") == 1
+    assert "| own | " in output.read_text().split("Story check")[1]  # each run's story check
 
 
 def test_a_recipe_without_a_name_is_one_line(tmp_path):
