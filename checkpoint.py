@@ -30,6 +30,9 @@ CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight"
 # A Hugging Face folder's weights: one file, or shards listed by an index (save_pretrained splits big models).
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+# Model options that were measured to be of no help and removed, with their off values: a file
+# saved with one of them on holds weights this model has no place for.
+REMOVED_OPTIONS = {"x0_skip": False, "logit_softcap": 0.0}
 
 
 def save(obj, path):
@@ -100,7 +103,7 @@ def load_weights(path, device="cpu"):
     """
     checkpoint = load_checkpoint(path, device)
     if "model" in checkpoint and "model_args" in checkpoint:
-        return clean_state_dict(checkpoint["model"]), checkpoint["model_args"]
+        return clean_state_dict(checkpoint["model"]), current_model_args(checkpoint["model_args"], path)
     config_path = os.path.join(os.path.dirname(path), "config.json")
     try:
         with open(config_path) as f:
@@ -108,7 +111,16 @@ def load_weights(path, device="cpu"):
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{path} holds weights only and {config_path} (its architecture) is missing or broken "
                         f"({type(e).__name__}); pass the ckpt.pt of the same run instead") from e
-    return clean_state_dict(checkpoint), model_args
+    return clean_state_dict(checkpoint), current_model_args(model_args, path)
+
+
+def current_model_args(model_args, path):
+    """model_args without the REMOVED_OPTIONS, which must be off; UserError if one is on."""
+    used = [f"{name}={model_args[name]!r}" for name, off in REMOVED_OPTIONS.items() if model_args.get(name, off) != off]
+    if used:
+        raise UserError(f"{path} was trained with {', '.join(used)}, a model option this kit no longer has (measured "
+                        "of no help, and removed); use the version of the kit that trained it")
+    return {k: v for k, v in model_args.items() if k not in REMOVED_OPTIONS}
 
 
 def load_model(path, device="cpu"):
@@ -275,6 +287,6 @@ def fine_tune_record(ckpt_path):
     None for a run from scratch, or a ckpt.pt that cannot be read (resume() then says why)."""
     try:  # mmap: only the few values read here come from disk
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        return (architecture_of(state["model_args"]), state["init"]) if state.get("init") else None
+        return (architecture_of(current_model_args(state["model_args"], ckpt_path)), state["init"]) if state.get("init") else None
     except Exception:
         return None

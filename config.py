@@ -38,8 +38,6 @@ pos_emb = "learned"  # 'learned' position table (GPT-2), or 'rope': rotary embed
 qk_norm = False  # RMS-normalize queries and keys per head before attention
 mlp = "gelu"  # the MLP's nonlinearity: 'gelu' (GPT-2) or 'relu2' (relu(x)^2)
 zero_init_proj = False  # the blocks' output projections (attention and MLP c_proj) start at zero
-x0_skip = False  # every block also reads the token embedding x0, with learned per-block weights
-logit_softcap = 0.0  # > 0: logits squashed smoothly into (-cap, cap) by cap * tanh(logits / cap); 0 = off
 
 # --- batch: tokens per optimizer step = batch_size * block_size * gradient_accumulation_steps ---
 batch_size = 32  # sequences per micro-batch (per GPU); raise it on a big GPU, lower the next one
@@ -219,7 +217,7 @@ def validate(cfg):
     for name in ("beta1", "beta2", "muon_momentum"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise UserError(f"--{name}={getattr(cfg, name)} must be in [0, 1)")
-    for name in ("weight_decay", "grad_clip", "muon_weight_decay", "logit_softcap"):
+    for name in ("weight_decay", "grad_clip", "muon_weight_decay"):
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name}={getattr(cfg, name)} must not be negative")
     return cfg

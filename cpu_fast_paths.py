@@ -76,10 +76,10 @@ def enable(model, device, dtype=torch.float32, compiled=False):
 
 # ----------------------------------------------------------------------------- the LM-head loss
 
-def linear_cross_entropy(h, weight, targets, with_grads=True, chunk_rows=LOSS_CHUNK_ROWS, softcap=0.0):
+def linear_cross_entropy(h, weight, targets, with_grads=True, chunk_rows=LOSS_CHUNK_ROWS):
     """Mean cross-entropy of the logits h @ weight.T (h: N x C, weight: vocab x C) against targets
     (N; -1 = ignore), computed chunk_rows rows at a time; with_grads also returns d loss / d h and
-    d loss / d weight. softcap > 0 squashes the logits as GPT.logits does: cap * tanh(logits / cap).
+    d loss / d weight.
 
     One chunk buffer is reused, and the gradients are made while the chunk's probabilities are at
     hand (softmax - one_hot is the gradient of the logits), so the backward pass has nothing left
@@ -98,9 +98,6 @@ def linear_cross_entropy(h, weight, targets, with_grads=True, chunk_rows=LOSS_CH
         end = min(start + chunk_rows, h.size(0))
         h_chunk, scale, chunk_targets = h[start:end], row_scale[start:end], safe_targets[start:end]
         logits = torch.mm(h_chunk, weight.t(), out=buffer[:end - start])  # (rows, vocab)
-        if softcap:
-            squashed = torch.div(logits, softcap).tanh_()  # the only other chunk-sized tensor
-            logits = torch.mul(squashed, softcap, out=logits)
         if not with_grads:
             log_probs = torch.log_softmax(logits, dim=1, out=logits)  # in place: the chunk is the only copy
             loss -= (log_probs.gather(1, chunk_targets) * scale).sum()
@@ -112,13 +109,9 @@ def linear_cross_entropy(h, weight, targets, with_grads=True, chunk_rows=LOSS_CH
         tiny = (target_probs < 1e-30).squeeze(1)  # -log would lose precision, or be inf: take the exact form
         if tiny.any():
             tiny_logits = h_chunk[tiny] @ weight.t()
-            if softcap:
-                tiny_logits = softcap * torch.tanh(tiny_logits / softcap)
             row_loss[tiny] = torch.logsumexp(tiny_logits, dim=1, keepdim=True) - target_logits[tiny]
         loss += (row_loss * scale).sum()
         probs.scatter_add_(1, chunk_targets, torch.full_like(target_probs, -1.0))  # d row loss / d logits
-        if softcap:  # through the squash: d cap*tanh(z/cap) / dz = 1 - tanh(z/cap)^2
-            probs.mul_(squashed.square_().neg_().add_(1.0))
         torch.mm(probs, weight, out=grad_h[start:end]).mul_(scale)
         grad_weight.addmm_(probs.t(), h_chunk * scale)
     return loss, grad_h, grad_weight
@@ -129,14 +122,14 @@ class LinearCrossEntropy(torch.autograd.Function):
     the backward only scales them by the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, softcap=0.0):
-        loss, ctx.grad_h, ctx.grad_weight = linear_cross_entropy(h, weight, targets, softcap=softcap)
+    def forward(ctx, h, weight, targets):
+        loss, ctx.grad_h, ctx.grad_weight = linear_cross_entropy(h, weight, targets)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         # not in place: with retain_graph=True a second backward must find them unchanged
-        return ctx.grad_h * grad_loss, ctx.grad_weight * grad_loss, None, None
+        return ctx.grad_h * grad_loss, ctx.grad_weight * grad_loss, None
 
 
 class FusedLossGPT(GPT):
@@ -148,8 +141,8 @@ class FusedLossGPT(GPT):
         x = self.hidden_states(idx)  # (B, T, C)
         h, weight, targets = x.view(-1, x.size(-1)), self.lm_head.weight, targets.view(-1)
         if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            return None, LinearCrossEntropy.apply(h, weight, targets, self.config.logit_softcap)
-        return None, linear_cross_entropy(h, weight, targets, with_grads=False, softcap=self.config.logit_softcap)[0]
+            return None, LinearCrossEntropy.apply(h, weight, targets)
+        return None, linear_cross_entropy(h, weight, targets, with_grads=False)[0]
 
 
 # ----------------------------------------------------------------------------- dropout and attention

@@ -25,7 +25,7 @@ from tokenizer import BPE_FILES, EOT_TEXT, TOKENIZER_FILE, cache_dir, cached_fil
 TOKENIZER_FILES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
 # The model options GPT-2 has no counterpart for, at GPT-2's values (zero_init_proj only changes the
 # initial weights, and bias=False exports as zero biases: both stay exportable).
-GPT2_OPTIONS = {"pos_emb": "learned", "qk_norm": False, "mlp": "gelu", "x0_skip": False, "logit_softcap": 0.0}
+GPT2_OPTIONS = {"pos_emb": "learned", "qk_norm": False, "mlp": "gelu"}
 
 
 def hf_config(config, eot):

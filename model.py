@@ -9,8 +9,7 @@ for faster equivalents when it runs on a CPU; nothing here depends on that.
 Options of GPTConfig (all off by default) give the "modern" block of modded-nanogpt and nanochat
 instead, each a few lines where it acts: rotary position embeddings instead of the position table
 (pos_emb="rope"), RMS-normalized queries and keys (qk_norm), a ReLU² MLP (mlp="relu2"),
-residual-branch output projections that start at zero (zero_init_proj), a learned skip from the
-embedding into every block (x0_skip) and logits squashed into (-cap, cap) (logit_softcap).
+and residual-branch output projections that start at zero (zero_init_proj).
 
 Shapes in comments: B = batch, T = sequence length, C = n_embd, nh = n_head, hs = C // nh.
 """
@@ -21,9 +20,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-X0_SCALE_INIT = 0.1  # x0_skip: how much of the embedding each block reads at the start (nanochat's)
-
 
 @dataclass
 class GPTConfig:
@@ -38,8 +34,6 @@ class GPTConfig:
     qk_norm: bool = False  # RMS-normalize each head's queries and keys before their dot products
     mlp: str = "gelu"  # the MLP's nonlinearity: "gelu" (GPT-2's) or "relu2", relu(x)^2
     zero_init_proj: bool = False  # the residual branches' output projections (c_proj) start at zero
-    x0_skip: bool = False  # block i reads resid_scales[i] * x + x0_scales[i] * (the embedding), both learned
-    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap), smoothly bounded by cap; 0: off
 
 
 def apply_rotary(x, pos, base=10000.0):
@@ -139,8 +133,8 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        if config.pos_emb not in ("learned", "rope") or config.mlp not in ("gelu", "relu2") or config.logit_softcap < 0:
-            raise ValueError(f"unknown pos_emb={config.pos_emb!r} or mlp={config.mlp!r}, or logit_softcap < 0")
+        if config.pos_emb not in ("learned", "rope") or config.mlp not in ("gelu", "relu2"):
+            raise ValueError(f"unknown pos_emb={config.pos_emb!r} or mlp={config.mlp!r}")
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             # with RoPE there is no position table: the attention itself rotates by position
@@ -149,9 +143,6 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
-        if config.x0_skip:  # per block: how much of the residual stream, and of the embedding, it reads
-            self.resid_scales = nn.Parameter(torch.ones(config.n_layer))
-            self.x0_scales = nn.Parameter(torch.full((config.n_layer,), X0_SCALE_INIT))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: the output projection IS the token embedding (one tensor, two uses).
         self.transformer.wte.weight = self.lm_head.weight
@@ -192,22 +183,14 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, C)
         if self.config.pos_emb == "learned":
             x = x + self.transformer.wpe(pos)
-        x = x0 = self.transformer.drop(x)
+        x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            if self.config.x0_skip:  # the tokens themselves stay one step away from every block, however deep
-                x = self.resid_scales[layer] * x + self.x0_scales[layer] * x0
             x = block(x, cache, layer, pos)
         return self.transformer.ln_f(x)
 
     def logits(self, h):
-        """The LM head: hidden states (..., C) to logits (..., vocab). With logit_softcap, tanh
-        squashes them into (-cap, cap) (in float32: tanh flattens out, and bf16 would round away
-        the differences near the cap), so no logit can grow without bound to force a prediction."""
-        logits = self.lm_head(h)
-        if self.config.logit_softcap:
-            cap = self.config.logit_softcap
-            logits = cap * torch.tanh(logits.float() / cap)
-        return logits
+        """The LM head: hidden states (..., C) to logits (..., vocab)."""
+        return self.lm_head(h)
 
     def forward(self, idx, targets=None):
         """Without targets: (logits (B, T, vocab), None). With targets (B, T): (None, the mean
@@ -227,7 +210,7 @@ class GPT(nn.Module):
     def hidden_matrices(self):
         """The 2-D weights inside the transformer blocks (attention c_attn, c_proj; MLP c_fc, c_proj):
         the ones Muon trains with --optimizer=muon. The embeddings (with the tied LM head), biases
-        and LayerNorms (and x0_skip's scales) are not hidden matrices: AdamW trains them either way."""
+        and LayerNorms are not hidden matrices: AdamW trains them either way."""
         return [p for block in self.transformer.h for p in block.parameters() if p.dim() == 2]
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type, exclude=()):

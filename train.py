@@ -364,7 +364,8 @@ def resume(path, model, optimizers, optimizer_name, scaler, model_args, rank, wo
     # read onto the CPU: the generators' states must be CPU tensors, and load_state_dict copies the
     # weights and optimizer states to their parameters' device (no second copy on the GPU meanwhile)
     state = checkpoint.load_checkpoint(path, "cpu")
-    saved = {**GPT_DEFAULTS, **state.get("model_args", {})}  # an option newer than the checkpoint: its default
+    # an option newer than the checkpoint: its default; a removed one: refused if it was on
+    saved = {**GPT_DEFAULTS, **checkpoint.current_model_args(state.get("model_args", {}), path)}
     differ = {k: (saved.get(k), v) for k, v in model_args.items() if k != "dropout" and saved.get(k) != v}
     if differ:
         detail = ", ".join(f"{k}={old} in the checkpoint but {new} now" for k, (old, new) in differ.items())

@@ -5,8 +5,8 @@
 # position embeddings instead of the learned position table, RMS-normalized queries and keys,
 # ReLU² instead of GELU, the blocks' output projections initialized at zero, and no biases.
 # Only the architecture: the rest of the recipe stays as config.py or the preset before it has it.
-# Not here: x0_skip and logit_softcap, measured on top of these and of no help at this kit's scale
-# (BENCHMARKS.md).
+# nanochat's x0 skip connection and logit softcap were measured on top of these, of no help at this
+# kit's scale (BENCHMARKS.md), and left out of the model.
 # The model cannot be exported to Hugging Face's GPT-2 (export.py says so). docs/modern.md says
 # what it buys against GPT-2's block; BENCHMARKS.md has the measurements.
 pos_emb = "rope"

@@ -67,11 +67,7 @@ def test_every_knob_has_a_comment_in_config_py():
         assert "#" in line, line
 
 
-# Knobs measured to be of no help: not documented as options (docs/modern.md says they were tried).
-NOT_DOCUMENTED = {"x0_skip", "logit_softcap"}
-
-
 def test_docs_configuration_documents_every_knob():
     page = open(config.__file__.replace("config.py", os.path.join("docs", "configuration.md"))).read()
-    missing = [name for name in config.defaults() if f"| `{name}` |" not in page and name not in NOT_DOCUMENTED]
+    missing = [name for name in config.defaults() if f"| `{name}` |" not in page]
     assert not missing

@@ -102,15 +102,14 @@ def test_the_architecture_comes_from_the_source_and_a_flag_against_it_is_refused
         given = set()
         return fine_tune_model_args(config.parse_args(["--init_from=hf", *flags], given), given, source, "hf")
 
-    gpt2_options = dict(pos_emb="learned", qk_norm=False, mlp="gelu", zero_init_proj=False, x0_skip=False,
-                        logit_softcap=0.0)  # (not in a GPT-2 file)
+    gpt2_options = dict(pos_emb="learned", qk_norm=False, mlp="gelu", zero_init_proj=False)  # (not in a GPT-2 file)
     # config.py's n_layer=6 etc. do not count, only what a flag or preset sets
     assert model_args("--dropout=0.2") == {**gpt2, **gpt2_options, "dropout": 0.2}
     assert model_args("--block_size=32", "--n_layer=2")["block_size"] == 32
     with pytest.raises(UserError, match="--n_layer=3 but hf has n_layer=2; --bias=False but hf has bias=True"):
         model_args("--n_layer=3", "--bias=false")
-    with pytest.raises(UserError, match="--x0_skip=True but hf has x0_skip=False"):
-        model_args("--x0_skip=true")
+    with pytest.raises(UserError, match="--qk_norm=True but hf has qk_norm=False"):
+        model_args("--qk_norm=true")
     with pytest.raises(UserError, match="--n_embd=384 but hf has n_embd=32"):
         model_args(os.path.join(ROOT, "presets", "seed.py"), "--init_from=hf")  # a preset's architecture counts too
     with pytest.raises(UserError, match="--block_size=65 is longer than the 64 positions of hf"):
@@ -192,8 +191,7 @@ def test_step_0_loss_of_a_hugging_face_model_is_transformers_loss_on_the_same_wi
         assert abs(float(row[column]) - sum(losses) / len(losses)) < 1e-5, split
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["model_args"] == dict(vocab_size=50257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.1,
-                                       bias=True, pos_emb="learned", qk_norm=False, mlp="gelu", zero_init_proj=False,
-                                       x0_skip=False, logit_softcap=0.0)
+                                       bias=True, pos_emb="learned", qk_norm=False, mlp="gelu", zero_init_proj=False)
     assert saved["init"]["source"] == str(tmp_path / "hf")
     assert saved["init"]["sha256"] == checkpoint.sha256(tmp_path / "hf" / "model.safetensors")
     assert checkpoint.load_checkpoint(str(tmp_path / "out" / "ckpt.pt"))["init"] == saved["init"]

@@ -1,5 +1,4 @@
-"""The modern block's model options (pos_emb="rope", qk_norm, mlp="relu2", zero_init_proj, x0_skip,
-logit_softcap): each
+"""The modern block's model options (pos_emb="rope", qk_norm, mlp="relu2", zero_init_proj): each
 changes the model as it says, each trains, the RoPE cache slides by one token past block_size,
 and the scripts (train, resume, sample, eval, export) work with presets/modern.py's model."""
 import contextlib
@@ -15,13 +14,12 @@ import checkpoint
 import config
 from common import UserError
 from conftest import MODERN, ROOT, TINY_RUN, assert_clean_error, run_script
-from model import X0_SCALE_INIT, GPT, GPTConfig, apply_rotary
+from model import GPT, GPTConfig, apply_rotary
 from train import (make_optimizers, resume, rng_state, scratch_model_args, set_learning_rates, train_step,
                    training_batch)
 
 SMALL = dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-OPTIONS = [dict(pos_emb="rope"), dict(qk_norm=True), dict(mlp="relu2"), dict(zero_init_proj=True), dict(x0_skip=True),
-           dict(logit_softcap=15.0), MODERN]
+OPTIONS = [dict(pos_emb="rope"), dict(qk_norm=True), dict(mlp="relu2"), dict(zero_init_proj=True), MODERN]
 
 
 def small_model(seed=0, perturb=True, **options):
@@ -108,77 +106,26 @@ def test_zero_init_projections_start_at_zero_so_every_block_starts_as_the_identi
                if name.endswith("c_proj.weight"))  # the default stays GPT-2's
 
 
-def test_x0_skip_gives_every_block_its_learned_mix_of_the_residual_stream_and_the_embedding():
-    model = small_model(perturb=False, x0_skip=True)
-    assert torch.equal(model.resid_scales, torch.ones(2)) and torch.equal(model.x0_scales, torch.full((2,), X0_SCALE_INIT))
-    with torch.no_grad():
-        model.resid_scales.copy_(torch.tensor([0.7, 1.3]))
-        model.x0_scales.copy_(torch.tensor([0.2, -0.5]))
-    inputs, outputs = [], []
-
-    def record(module, args, output):
-        inputs.append(args[0])
-        outputs.append(output)
-
-    for block in model.transformer.h:
-        block.register_forward_hook(record)
-    idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        model.hidden_states(idx)
-    x0 = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(16))
-    for layer, before in enumerate([x0, outputs[0]]):
-        expected = model.resid_scales[layer] * before + model.x0_scales[layer] * x0
-        torch.testing.assert_close(inputs[layer], expected, rtol=1e-6, atol=1e-6)
-
-
-def test_x0_skip_at_zero_weight_is_the_model_without_it_and_its_scales_learn_without_weight_decay():
-    plain, skip = small_model(), GPT(GPTConfig(**SMALL, x0_skip=True))
-    assert set(skip.state_dict()) - set(plain.state_dict()) == {"resid_scales", "x0_scales"}
-    skip.load_state_dict(plain.state_dict(), strict=False)
-    with torch.no_grad():
-        skip.x0_scales.zero_()
-    idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(4))
-    torch.testing.assert_close(skip(idx, idx)[1], plain(idx, idx)[1], rtol=0, atol=0)
-    skip(idx, idx)[1].backward()
-    assert skip.x0_scales.grad.abs().min() > 0 and skip.resid_scales.grad.abs().min() > 0
-    cfg = config.parse_args(["--optimizer=muon", "--x0_skip=true"])
-    optimizers = make_optimizers(skip, cfg, "cpu")
-    scales = {id(skip.resid_scales), id(skip.x0_scales)}
-    assert not scales & {id(p) for group in optimizers["muon"].param_groups for p in group["params"]}
-    assert [group["weight_decay"] for group in optimizers["adamw"].param_groups
-            if scales & {id(p) for p in group["params"]}] == [0.0]
-
-
-def test_logit_softcap_squashes_the_logits_into_the_cap_in_order_and_trains_through_them():
-    model = small_model(logit_softcap=2.0)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(4)  # raw logits past the cap (and short of where tanh rounds to 1)
-    idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        raw = model.lm_head(model.hidden_states(idx))
-        capped = model(idx)[0]
-    assert raw.abs().max() > 4 and capped.abs().max() < 2
-    torch.testing.assert_close(capped, 2.0 * torch.tanh(raw / 2.0))
-    assert torch.equal(capped.argmax(-1), raw.argmax(-1))  # greedy decoding picks what it picked uncapped
-    torch.testing.assert_close(model(idx, idx)[1], F.cross_entropy(capped.view(-1, 97), idx.view(-1)))
-    with torch.no_grad():  # generation goes through the cap too
-        cache = model.make_kv_cache(2, torch.device("cpu"))
-        torch.testing.assert_close(model.prefill(idx, cache), capped[:, -1], rtol=1e-5, atol=1e-5)
+def test_a_file_saved_with_a_removed_option_on_is_refused_with_one_line(tmp_path):
+    model_args = {**SMALL, "x0_skip": True, "logit_softcap": 15.0}
+    torch.save({"model": small_model().state_dict(), "model_args": model_args}, tmp_path / "ckpt.pt")
+    with pytest.raises(UserError, match=r"trained with x0_skip=True, logit_softcap=15.0, a model option this kit no "
+                                        r"longer has"):
+        checkpoint.load_model(str(tmp_path / "ckpt.pt"))
+    torch.save({"model": small_model().state_dict(), "model_args": {**SMALL, "x0_skip": False, "logit_softcap": 0.0}},
+               tmp_path / "off.pt")  # saved with them off: the model of today
+    assert checkpoint.load_model(str(tmp_path / "off.pt")).config == GPTConfig(**SMALL)
 
 
 def test_the_options_default_to_gpt2_and_an_unknown_value_is_refused():
-    assert {k: getattr(GPTConfig(), k) for k in ("pos_emb", "qk_norm", "mlp", "zero_init_proj", "bias", "x0_skip",
-                                                 "logit_softcap")} == \
-        dict(pos_emb="learned", qk_norm=False, mlp="gelu", zero_init_proj=False, bias=True, x0_skip=False,
-             logit_softcap=0.0)
+    assert {k: getattr(GPTConfig(), k) for k in ("pos_emb", "qk_norm", "mlp", "zero_init_proj", "bias")} == \
+        dict(pos_emb="learned", qk_norm=False, mlp="gelu", zero_init_proj=False, bias=True)
     with pytest.raises(ValueError, match="pos_emb='alibi'"):
         GPT(GPTConfig(**SMALL, pos_emb="alibi"))
     with pytest.raises(UserError, match="--mlp='swiglu' must be one of: gelu, relu2"):
         config.parse_args(["--mlp=swiglu"])
     with pytest.raises(UserError, match="--pos_emb='alibi' must be one of: learned, rope"):
         config.parse_args(["--pos_emb=alibi"])
-    with pytest.raises(UserError, match="--logit_softcap=-15.0 must not be negative"):
-        config.parse_args(["--logit_softcap=-15"])
 
 
 @pytest.mark.parametrize("options,optimizer", [(options, "adamw") for options in OPTIONS] + [(MODERN, "muon")],
@@ -256,8 +203,8 @@ def test_a_checkpoint_from_before_the_options_resumes_as_gpt2_and_another_option
     checkpoint.save({"model": model.state_dict(), "optimizer": {"adamw": optimizers["adamw"].state_dict()},
                      "scaler": scaler.state_dict(), "model_args": old_args, "config": vars(cfg), "step": 1,
                      "best_val_loss": 9.0, "rng": [rng_state()]}, str(tmp_path / "ckpt.pt"))
-    step, _, _ = resume(str(tmp_path / "ckpt.pt"), model, optimizers, "adamw", scaler, scratch_model_args(cfg, 50257),
-                        0, 1, lambda *a: None)
+    step = resume(str(tmp_path / "ckpt.pt"), model, optimizers, "adamw", scaler, scratch_model_args(cfg, 50257),
+                  0, 1, lambda *a: None)[0]
     assert step == 1
     rope_cfg = config.parse_args([*flags, "--pos_emb=rope"])
     with pytest.raises(UserError, match="pos_emb=learned in the checkpoint but rope now"):
@@ -269,13 +216,11 @@ def test_a_checkpoint_from_before_the_options_resumes_as_gpt2_and_another_option
 def test_export_refuses_a_model_with_options_gpt2_does_not_have(tmp_path):
     out_dir = tmp_path / "out"
     os.makedirs(out_dir)
-    model_args = {**SMALL, "vocab_size": 50257, "pos_emb": "rope", "qk_norm": True, "x0_skip": True,
-                  "logit_softcap": 15.0}
+    model_args = {**SMALL, "vocab_size": 50257, "pos_emb": "rope", "qk_norm": True}
     torch.save(GPT(GPTConfig(**model_args)).state_dict(), out_dir / "best_model_params.pt")
     (out_dir / "config.json").write_text(json.dumps({"model_args": model_args}))
     result = run_script("export.py", "--out_dir", out_dir, "--to", tmp_path / "hf", cwd=ROOT)
-    assert_clean_error(result, "not a GPT-2 model", "pos_emb='rope'", "qk_norm=True", "x0_skip=True",
-                       "logit_softcap=15.0")
+    assert_clean_error(result, "not a GPT-2 model", "pos_emb='rope'", "qk_norm=True")
     assert not (tmp_path / "hf").exists()
 
 

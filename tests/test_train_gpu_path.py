@@ -20,8 +20,7 @@ FAST_LEARNING = ["--learning_rate=1e-2", "--min_lr=1e-3"]  # a visible fall of t
 BF16_STEP0_TOLERANCE = 2e-3  # nats: |bf16 - fp32| of the step-0 evaluation loss (measured: about 1e-5)
 
 
-EVERY_OPTION = dict(pos_emb="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, bias=False, x0_skip=True,
-                    logit_softcap=15.0)
+EVERY_OPTION = dict(pos_emb="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, bias=False)
 
 
 def tiny_model(dropout=0.1, **options):
