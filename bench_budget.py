@@ -15,7 +15,9 @@ cores do not share one), evaluating only at the end. Then eval.py reads its fina
 the whole held-out text, and the first as many tokens of the training text: their gap shows how
 much of the training text it has learned by heart. With --stories, the story check of
 bench_stories.py on its stories. A row per recipe: steps, tokens/s, epochs of the training text
-(a user's full TinyStories run sees a few percent of one), held-out and training bits per byte.
+(a user's full TinyStories run sees a few percent of one), held-out and training bits per byte,
+and the machine's load during the run (cores busy, all processes: more than the runs' own
+threads means something else slowed them).
 """
 import json
 import os
@@ -65,8 +67,12 @@ def run_recipe(args, name, flags):
     data_dir = prepare(args, vocab_size)
     out_dir = os.path.join(args.work, "runs", "".join(c if c.isalnum() else "-" for c in name))
     shutil.rmtree(out_dir, ignore_errors=True)
+    from bench import cpu_seconds
+
+    started, busy_before = time.time(), cpu_seconds()[0]
     script("train.py", *RUN_FLAGS, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *flags,
            f"--max_minutes={args.minutes}", threads=args.threads, cores=args.cores)
+    load = (cpu_seconds()[0] - busy_before) / (time.time() - started)  # cores busy, this run included
     import torch  # here: the runs above start without it in this process's memory
 
     state = torch.load(os.path.join(out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
@@ -79,7 +85,8 @@ def run_recipe(args, name, flags):
            "steps": state["step"], "tokens_per_s": tokens / state["train_seconds"],
            "epochs": tokens / meta["splits"]["train"]["tokens"],
            "held_out_bpb": bits_per_byte(out_dir, data_dir, "validation", cores=args.cores),
-           "train_bpb": bits_per_byte(out_dir, data_dir, "train", meta["splits"]["validation"]["tokens"], args.cores)}
+           "train_bpb": bits_per_byte(out_dir, data_dir, "train", meta["splits"]["validation"]["tokens"], args.cores),
+           "load": load}
     if args.stories:
         out = script("bench_stories.py", f"--checkpoint={out_dir}/ckpt.pt", f"--data_dir={data_dir}",
                      f"--num_stories={args.stories}", "--label=this", "--no_record", cores=args.cores)
@@ -130,9 +137,10 @@ def report(args, rows, seconds):
     details = (f"{machine()}; each run {args.minutes:g} minutes of training on {args.threads} thread(s){pinned}; "
                f"{seconds / 60:.0f} min in all")
     lines = ["| recipe | vocabulary | parameters (M, no position table) | steps | tokens/s | epochs | "
-             "held-out bits/byte | training-text bits/byte |", "|---|---|---|---|---|---|---|---|"]
+             "held-out bits/byte | training-text bits/byte | machine load (cores busy) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['recipe']} | {r['vocab']:,} | {r['params_M']:.2f} | {r['steps']:,} | {r['tokens_per_s']:,.0f} | "
-              f"{r['epochs']:.2f} | {r['held_out_bpb']:.4f} | {r['train_bpb']:.4f} |" for r in rows]
+              f"{r['epochs']:.2f} | {r['held_out_bpb']:.4f} | {r['train_bpb']:.4f} | {r['load']:.1f} |" for r in rows]
     if args.stories:
         lines += ["", "Story check (bench_stories.py, final weights):", "",
                   "| run | held-out bits/byte | stories that end | repeated 4-grams | 8-grams copied from training | "
