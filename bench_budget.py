@@ -80,8 +80,9 @@ def run_recipe(args, name, flags):
     with open(os.path.join(data_dir, "meta.json")) as f:
         meta = json.load(f)
     tokens = state["step"] * cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"]
-    row = {"recipe": name, "vocab": vocab_size or 50257, "params_M": sum(v.numel() for k, v in state["model"].items()
-                                                                         if "wpe" not in k) / 1e6,
+    # the LM head is the token embedding (tied): counted once
+    params = sum(v.numel() for k, v in state["model"].items() if "wpe" not in k and k != "lm_head.weight")
+    row = {"recipe": name, "vocab": vocab_size or 50257, "params_M": params / 1e6,
            "steps": state["step"], "tokens_per_s": tokens / state["train_seconds"],
            "epochs": tokens / meta["splits"]["train"]["tokens"],
            "held_out_bpb": bits_per_byte(out_dir, data_dir, "validation", cores=args.cores),
