@@ -45,7 +45,7 @@ import torch
 
 import cpu_fast_paths
 import sample
-from common import ArgumentParser, UserError, atomic_write, native_bf16, resolve_device, run_main, underscored
+from common import ArgumentParser, UserError, atomic_write, native_bf16, resolve_device, resolve_dtype, run_main, underscored
 from model import GPT, GPTConfig
 from tokenizer import load_gpt2
 from train import train_step
@@ -232,7 +232,7 @@ def bench_sample(device, quick):
     The model first learns for a few steps to continue a repeating sequence (learn_a_cycle), so
     that "the same greedy tokens" in float32 and bf16 is a meaningful check; the speed does not
     depend on the weights."""
-    dtype = sample.resolve_dtype("auto", device)
+    dtype = resolve_dtype("auto", device, generating=True)
     torch.manual_seed(0)
     model = GPT(GPTConfig()).to(device)
     cpu_fast_paths.enable(model, device)  # as train.py, for the few training steps
@@ -296,7 +296,7 @@ WORDS = ("once upon a time there was little girl named Lily she liked to play in
 SYLLABLES = "ba be bi bo bu da de do ka ki ko la li lo ma mi mo na ni no pa pi po ra ri ro sa so ta ti to zu fli gri plo sna tro".split()
 
 
-def write_stories(path, megabytes, seed=0, separator="\n<|endoftext|>\n"):
+def write_story_file(path, megabytes, seed=0, separator="\n<|endoftext|>\n"):
     """A TinyStories-layout .txt of about `megabytes` MB: sentences of children's words, made-up
     names and dialogue (0.26 GPT-2 tokens per byte, as real TinyStories), each story then a line
     `<|endoftext|>` (or `separator`: a blank line makes one long document)."""
@@ -373,7 +373,7 @@ def bench_prepare(sizes_mb):
     """prepare.py's bytes/s and peak RSS at two input sizes, and tiktoken's single-thread rate."""
     enc = load_gpt2()
     work = tempfile.mkdtemp(prefix="bench-prepare-")
-    pool = write_stories(os.path.join(work, "probe.txt"), 0)  # the stories the inputs are made of
+    pool = write_story_file(os.path.join(work, "probe.txt"), 0)  # the stories the inputs are made of
     # single-thread baseline: encode_ordinary per story, as prepare.py's workers see them
     stories = [s.split("\n<|endoftext|>")[0].strip() for s in pool] * 3
     text_bytes = sum(len(s.encode("utf-8")) for s in stories)
@@ -383,7 +383,7 @@ def bench_prepare(sizes_mb):
     runs = []
     for mb in sorted(sizes_mb):
         text_path = os.path.join(work, f"stories_{mb}mb.txt")
-        write_stories(text_path, mb)
+        write_story_file(text_path, mb)
         seconds, peak, meta = run_prepare(text_path, os.path.join(work, f"data_{mb}mb"))
         splits = meta["splits"].values()
         nbytes, tokens = sum(s["text_bytes"] for s in splits), sum(s["tokens"] for s in splits)
@@ -404,9 +404,9 @@ def bench_plain(megabytes):
     runs = {}
     for layout, separator in (("stories", "\n<|endoftext|>\n"), ("one document", "\n\n")):
         text_path = os.path.join(work, "input.txt")
-        write_stories(text_path, megabytes, seed=1, separator=separator)  # same seed: the same stories
+        write_story_file(text_path, megabytes, seed=1, separator=separator)  # same seed: the same stories
         val_path = os.path.join(work, "val.txt")
-        write_stories(val_path, 1, seed=2)
+        write_story_file(val_path, 1, seed=2)
         seconds, peak, meta = run_prepare(text_path, os.path.join(work, "data"), "--val_input", val_path)
         train = meta["splits"]["train"]
         runs[layout] = {"seconds": seconds, "bytes_per_s": train["text_bytes"] / seconds, "peak_rss": peak,

@@ -49,7 +49,8 @@ from common import ArgumentParser, UserError, resolve_device, run_main
 from eval import evaluate
 from model import GPT, GPTConfig
 from tokenizer import VOCAB_SIZE, load_gpt2
-from train import Float32Muon, make_optimizers, scratch_model_args, set_learning_rates, train_step, training_batch
+from optimizers import Float32Muon, make_optimizers, set_learning_rates
+from train import scratch_model_args, train_step, training_batch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TARGET_STEP_FRACTION = 0.70  # Muon reaches the best AdamW's final loss in at most this share of its steps
@@ -157,7 +158,7 @@ def new_run(args, data_dir, optimizer, lr, steps, device, arch="gpt2"):
 
 
 def muon_dtype(runs):
-    """The dtype Muon orthogonalized in: torch.optim.Muon's bfloat16, or train.Float32Muon's float32."""
+    """The dtype Muon orthogonalized in: torch.optim.Muon's bfloat16, or Float32Muon's float32."""
     muon = next(run.optimizers["muon"] for run in runs if run.optimizer == "muon")  # (every sweep has Muon runs)
     return "float32" if isinstance(muon, Float32Muon) else "bfloat16"
 

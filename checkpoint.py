@@ -1,23 +1,38 @@
-"""Reading and writing the files train.py saves in out_dir, and reading the weights a fine-tune
+"""Reading and writing the files of a run's folder (out_dir), and reading the weights a fine-tune
 starts from.
 
-- ckpt.pt: the whole training state (weights, optimizer, scaler, step, random states, the
-  architecture as model_args), for --init_from=resume; sample.py and eval.py load it too.
+- ckpt.pt: the whole training state (weights, optimizers, scaler, step, training time, random
+  states, the architecture as model_args): save_checkpoint writes it, resume reads it back for
+  --init_from=resume; sample.py and eval.py load its weights too.
 - best_model_params.pt: the weights with the best validation loss, a plain state_dict; the
   architecture is in the config.json that train.py writes beside it.
+- metrics.csv and loss.png: one row per evaluation (write_metrics, read_metrics).
 - A Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin), as export.py
   or transformers' save_pretrained write it, or OpenAI's GPT-2 from the hub: load_init_weights.
+
+And the guards around them: one train.py per folder (lock_out_dir), no run silently replaced
+(refuse_or_clear_earlier_run), and what to do when a write fails (explain_write_failures).
 """
+import contextlib
+import csv
 import hashlib
+import io
 import json
+import math
 import os
 import pickle
+import random
+import shlex
 import struct
+import sys
+import time
 from dataclasses import fields
 
+import numpy as np
 import torch
 
-from common import UserError, atomic_write, first_line, last_line
+from common import UserError, WriteError, atomic_write, first_line, last_line
+from data import bits_per_byte
 from model import GPT, GPTConfig
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
@@ -33,6 +48,10 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 # Model options that were measured to be of no help and removed, with their off values: a file
 # saved with one of them on holds weights this model has no place for.
 REMOVED_OPTIONS = {"x0_skip": False, "logit_softcap": 0.0}
+GPT_DEFAULTS = {f.name: f.default for f in fields(GPTConfig)}  # model_args a file predates take these
+# what a run writes besides config.json
+RUN_FILES = ("ckpt.pt", "best_model_params.pt", "metrics.csv", "loss.png", "tokenizer.json")
+METRIC_FIELDS = ["step", "tokens", "train_loss", "val_loss", "val_perplexity", "val_bits_per_byte", "lr", "seconds"]
 
 
 def save(obj, path):
@@ -287,6 +306,222 @@ def fine_tune_record(ckpt_path):
     None for a run from scratch, or a ckpt.pt that cannot be read (resume() then says why)."""
     try:  # mmap: only the few values read here come from disk
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        return (architecture_of(current_model_args(state["model_args"], ckpt_path)), state["init"]) if state.get("init") else None
+        if not state.get("init"):
+            return None
+        return architecture_of(current_model_args(state["model_args"], ckpt_path)), state["init"]
     except Exception:
         return None
+
+
+# ----------------------------------------------------------------------------- starting a fine-tune
+
+def load_fine_tune_source(cfg):
+    """The weights --init_from names: (state_dict, architecture, record), see
+    load_init_weights. Refused when they lie in out_dir, whose files this run replaces."""
+    state_dict, architecture, record = load_init_weights(cfg.init_from)
+    if os.path.realpath(os.path.dirname(record["file"])) == os.path.realpath(cfg.out_dir):
+        raise UserError(f"--init_from={cfg.init_from} is in --out_dir={cfg.out_dir}, whose files this run would "
+                        "replace; fine-tune into another --out_dir")
+    return state_dict, architecture, record
+
+
+def fine_tune_model_args(cfg, given, architecture, source):
+    """model_args of a run that starts from trained weights (or resumes such a run): their
+    architecture (architecture_of), this run's dropout, and block_size at most their
+    number of positions (all of them unless --block_size is given). A flag (or preset) in `given`
+    that contradicts them is refused."""
+    conflicts = [f"--{k}={getattr(cfg, k)} but {source} has {k}={v}" for k, v in architecture.items()
+                 if k in given and k not in ("block_size", "vocab_size") and getattr(cfg, k) != v]
+    if conflicts:
+        raise UserError(f"a fine-tune takes its architecture from the weights it starts from: {'; '.join(conflicts)}; "
+                        "leave these flags out")
+    positions = architecture["block_size"]
+    block_size = cfg.block_size if "block_size" in given else positions
+    if block_size > positions:
+        raise UserError(f"--block_size={block_size} is longer than the {positions} positions of {source}; "
+                        f"use --block_size={positions} or less")
+    return {**architecture, "block_size": block_size, "dropout": cfg.dropout}
+
+
+def load_fine_tune_weights(model, state_dict, source):
+    """Copy the weights a fine-tune starts from into `model`; their position table is cropped to
+    the model's block_size (the first positions are the ones a shorter context uses)."""
+    if "transformer.wpe.weight" in state_dict:  # (RoPE models have no position table)
+        wpe = state_dict["transformer.wpe.weight"]
+        state_dict = {**state_dict, "transformer.wpe.weight": wpe[:model.config.block_size]}
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"the weights of {source} do not fit its own architecture ({last_line(e)}); "
+                        "the file is damaged or not a GPT-2") from e
+
+
+# ----------------------------------------------------------------------------- a run's folder: state, metrics, guards
+
+def metrics_row(step, losses, lr, tokens_per_step, val_meta, seconds):
+    val = losses["validation"]
+    return {"step": step, "tokens": step * tokens_per_step, "train_loss": round(losses["train"], 6),
+            "val_loss": round(val, 6), "val_perplexity": round(math.exp(min(val, 50)), 4),
+            "val_bits_per_byte": round(bits_per_byte(val, val_meta), 6), "lr": lr, "seconds": round(seconds, 1)}
+
+
+def write_metrics(out_dir, rows):
+    """Rewrite metrics.csv and loss.png from all evaluation rows so far."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(os.path.join(out_dir, "metrics.csv"), lambda f: f.write(buffer.getvalue().encode()))
+
+    import matplotlib
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["train_loss"] for r in rows], label="train", marker=".")
+    ax.plot(steps, [r["val_loss"] for r in rows], label="validation", marker=".")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(os.path.join(out_dir, "loss.png"), lambda f: f.write(png.getvalue()))
+
+
+def read_metrics(out_dir, up_to_step):
+    """Rows of an earlier run's metrics.csv, for resuming, without those past the checkpoint."""
+    path = os.path.join(out_dir, "metrics.csv")
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: (int(v) if k in ("step", "tokens") else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+    return [r for r in rows if r["step"] <= up_to_step]
+
+
+def rng_state():
+    """The generators dropout (and anything else random) draws from, so that resume is bit-exact."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)  # weights_only-loadable
+    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, model, optimizers, scaler, model_args, cfg, step, best_val_loss, train_seconds, world_size,
+                    wandb_run_id, init):
+    """Write the whole training state to `path` (rank 0 writes). Every rank must call it: it
+    gathers each rank's random state, so that a resumed run draws the same dropout masks. init:
+    where a fine-tune's first weights came from (load_fine_tune_source), None from scratch.
+    train_seconds: the training time used, so that a resumed --max_minutes budget goes on."""
+    states = [rng_state()]
+    if torch.distributed.is_initialized():
+        states = [None] * world_size
+        torch.distributed.all_gather_object(states, rng_state())
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return
+    # the config records the optimizer (--optimizer) that made the optimizer states
+    save({"model": model.state_dict(), "scaler": scaler.state_dict(),
+                     "optimizer": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+                     "model_args": model_args, "config": vars(cfg), "step": step, "best_val_loss": best_val_loss,
+                     "train_seconds": train_seconds, "rng": states, "wandb_run_id": wandb_run_id, "init": init}, path)
+
+
+def resume(path, model, optimizers, optimizer_name, scaler, model_args, rank, world_size, log):
+    """Load ckpt.pt into the model, optimizers, scaler and random generators; (step, best_val_loss,
+    training seconds used, the id of its W&B run or None)."""
+    # read onto the CPU: the generators' states must be CPU tensors, and load_state_dict copies the
+    # weights and optimizer states to their parameters' device (no second copy on the GPU meanwhile)
+    state = load_checkpoint(path, "cpu")
+    # an option newer than the checkpoint: its default; a removed one: refused if it was on
+    saved = {**GPT_DEFAULTS, **current_model_args(state.get("model_args", {}), path)}
+    differ = {k: (saved.get(k), v) for k, v in model_args.items() if k != "dropout" and saved.get(k) != v}
+    if differ:
+        detail = ", ".join(f"{k}={old} in the checkpoint but {new} now" for k, (old, new) in differ.items())
+        raise UserError(f"{path} is of another architecture ({detail}); use the same settings or a new --out_dir")
+    saved_optimizer = state.get("config", {}).get("optimizer", "adamw")  # checkpoints from before Muon: AdamW
+    if saved_optimizer != optimizer_name:
+        raise UserError(f"{path} was trained with --optimizer={saved_optimizer}, not --optimizer={optimizer_name}, "
+                        f"and one's state does not carry over to the other; resume with --optimizer={saved_optimizer}, "
+                        "or start a new run in another --out_dir")
+    try:
+        model.load_state_dict(clean_state_dict(state["model"]))
+        saved_states = state["optimizer"]
+        if "param_groups" in saved_states:  # written before Muon: the AdamW's state alone
+            saved_states = {"adamw": saved_states}
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(saved_states[name])
+        scaler.load_state_dict(state["scaler"])
+        step, best_val_loss, rng_states = state["step"], state["best_val_loss"], state["rng"]
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise UserError(f"{path} is not a usable train.py checkpoint ({type(e).__name__}: {e}); "
+                        "start again with --init_from=scratch and a new --out_dir") from e
+    if len(rng_states) == world_size:
+        set_rng_state(rng_states[rank])
+    else:
+        log(f"note: the checkpoint was written by {len(rng_states)} processes, now {world_size}: "
+            "dropout continues with fresh random streams (not bit-identical to an uninterrupted run)")
+    log(f"resuming from {path} at step {step} (best val loss {best_val_loss:.4f})")
+    return step, best_val_loss, state.get("train_seconds", 0.0), state.get("wandb_run_id")
+
+
+def lock_out_dir(out_dir):
+    """Claim out_dir for this run, so that a second train.py on it is refused; returns the open
+    lock file, which holds the claim until this process ends. The operating system drops the
+    lock when the process ends however it ends (kill -9 included), so no lock is ever stale."""
+    try:
+        import fcntl
+    except ImportError:  # not on Windows: runs are not guarded there
+        return None
+    lock = open(os.path.join(out_dir, ".train.lock"), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "a process that is just starting"
+        lock.close()
+        raise UserError(f"{out_dir} is in use by another train.py ({owner}); wait for it to end or stop it, "
+                        "or choose another --out_dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M')}: {shlex.join(['python'] + sys.argv)}")
+    lock.flush()
+    return lock
+
+
+def refuse_or_clear_earlier_run(cfg, log):
+    """A new run (from scratch or a fine-tune) must not silently replace the run already in
+    out_dir: refuse, unless --overwrite."""
+    found = describe_run(cfg.out_dir)
+    if found is None:
+        return
+    if not cfg.overwrite:
+        raise UserError(f"{cfg.out_dir} already holds a run: {found}. Continue it with --init_from=resume, "
+                        "choose another --out_dir, or pass --overwrite=true to replace it")
+    log(f"--overwrite=true: replacing the earlier run in {cfg.out_dir} ({found})")
+    for name in RUN_FILES:
+        if os.path.exists(os.path.join(cfg.out_dir, name)):
+            os.remove(os.path.join(cfg.out_dir, name))
+
+
+@contextlib.contextmanager
+def explain_write_failures(out_dir):
+    """A file of the run could not be written (a full disk...): say what is intact and how to go on."""
+    try:
+        yield
+    except WriteError as e:
+        saved = describe_run(out_dir) or "no checkpoint yet"
+        raise UserError(f"{e}. The files already in {out_dir} are intact ({saved}); make room, then continue with "
+                        f"`python train.py --init_from=resume --out_dir={out_dir}` (plus your other flags)") from e

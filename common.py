@@ -150,6 +150,25 @@ def native_bf16(device_type):
     return False
 
 
+def resolve_dtype(name, device, generating=False):
+    """The torch dtype --dtype=name means on `device`. 'auto': bfloat16 on a GPU that computes it,
+    else float16 on CUDA; float32 on a CPU or MPS, but bfloat16 for generating on a CPU that
+    computes it (its weights are half the bytes to read for every token: faster there, see
+    BENCHMARKS.md). A dtype the device cannot run at all is refused; one it emulates is not
+    (warn_if_bf16_is_emulated says what it costs)."""
+    import torch
+
+    kind = device.split(":")[0]
+    if name == "auto":
+        if kind == "cuda":
+            name = "bfloat16" if native_bf16("cuda") else "float16"
+        else:
+            name = "bfloat16" if generating and kind == "cpu" and native_bf16("cpu") else "float32"
+    if name == "bfloat16" and (kind == "mps" or kind == "cuda" and not torch.cuda.is_bf16_supported()):
+        raise UserError(f"--dtype=bfloat16 is not supported on this {kind} device; use --dtype=float16 or float32")
+    return getattr(torch, name)
+
+
 def warn_if_bf16_is_emulated(device_type):
     """One line on stderr for a user who asked for --dtype=bfloat16 where it is emulated."""
     if not native_bf16(device_type):

@@ -41,7 +41,6 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from common import native_bf16
 from model import GPT, CausalSelfAttention, KVCache
 
 LOSS_CHUNK_ROWS = 1024  # rows of logits alive at once in the fused loss (1024 x 50257 fp32 = 200 MB)
@@ -206,14 +205,6 @@ class FewRowsLinear(nn.Linear):
 
 
 # ----------------------------------------------------------------------------- bf16 weights
-
-def fast_bf16():
-    """True where this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX) and oneDNN can use it.
-
-    Without those instructions bf16 is emulated, and float32 with the paths above is faster."""
-    return (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-            and native_bf16("cpu"))
-
 
 def enable_bf16(model):
     """Swap the bf16 paths into `model`: PackedLinear, Float32Attention, Float32CacheGPT;

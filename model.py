@@ -14,7 +14,6 @@ and residual-branch output projections that start at zero (zero_init_proj).
 Shapes in comments: B = batch, T = sequence length, C = n_embd, nh = n_head, hs = C // nh.
 """
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -285,9 +284,7 @@ class GPT(nn.Module):
         positions read from the cache.
 
         Every shape in here is the same at every position (the attention reads the whole cache,
-        masked), so this is one fixed program: sample.py --compile compiles it once, and on a GPU
-        torch.compile's reduce-overhead mode replays it as a CUDA graph, one launch instead of
-        about a hundred small kernels per token.
+        masked), so this is one fixed program: sample.py --compile compiles it once.
         """
         return self.logits(self.hidden_states(token, cache, pos)[:, -1, :])
 
@@ -318,12 +315,6 @@ class KVCache:
         # zeros, not empty: attention weighs the slots not yet filled by exactly 0, and 0 * NaN is NaN
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        # A compiled decode step writes into these very tensors, no copies, if they are marked. Only
-        # torch.compile needs the mark, and it has imported torch._dynamo by now; importing it just
-        # for the mark would add seconds to every eager sample.py.
-        if "torch._dynamo" in sys.modules:
-            for t in (self.k, self.v):
-                torch._dynamo.mark_static_address(t, guard=False)
 
     def update(self, layer, k, v, pos):
         """Store k, v (B, nh, T, hs) of positions pos (T,) in their slots, in the cache's dtype (it

@@ -12,6 +12,7 @@ GPT-2's, or the tokenizer.json train.py copied beside it.
 at once, far cheaper than writing them one after another (the weights are read once per step for
 all of them). Each story ends at its own end-of-text token; the batch ends when all have.
 """
+import functools
 import os
 import sys
 import time
@@ -20,12 +21,11 @@ import torch
 
 import cpu_fast_paths
 from checkpoint import load_model
-from common import (ArgumentParser, UserError, first_line, native_bf16, resolve_device, run_main,
+from common import (ArgumentParser, UserError, first_line, resolve_device, resolve_dtype, run_main,
                     warn_if_bf16_is_emulated)
 from tokenizer import EOT_TOKEN, load_run_tokenizer
 
 DEFAULT_PROMPT = "Once upon a time"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_args(argv):
@@ -43,13 +43,14 @@ def parse_args(argv):
     parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling: smallest set with probability p")
     parser.add_argument("--seed", type=int, default=1337, help="random seed, for repeatable samples")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="the weights' and KV cache's type while generating: auto = bfloat16 on CUDA (float16 "
                              "without bf16) and on CPUs with bf16 instructions, float32 elsewhere")
     parser.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context for every token")
-    parser.add_argument("--compile", action="store_true",
-                        help="compile the one-token decode step with torch.compile (a CUDA graph on a GPU), "
-                             "after a compile of seconds to a minute; meant for GPUs (on a CPU eager is faster)")
+    parser.add_argument("--compile", nargs="?", const="true", default="false", choices=("true", "false"),
+                        help="--compile=true (or --compile) compiles the one-token decode step with torch.compile "
+                             "(a CUDA graph on a GPU), after a compile of seconds to a minute; meant for GPUs (on a "
+                             "CPU eager is faster)")
     parser.add_argument("--stream", action="store_true",
                         help="print as the stories are written (always with --interactive): token by token for "
                              "one story; for several, each story as soon as it and the ones before it are finished")
@@ -63,6 +64,8 @@ def parse_args(argv):
         raise UserError(f"--top_k={args.top_k} must not be negative (0 = no top-k)")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise UserError(f"--top_p={args.top_p} must be in (0, 1]")
+    # train.py's values for --compile, but no 'auto': compiling costs up to a minute, more than a few stories take
+    args.compile = args.compile == "true"
     if args.compile and args.no_kv_cache:
         raise UserError("--compile compiles the KV cache's one-token decode step; leave out --no_kv_cache")
     if args.interactive and args.prompt is not None:
@@ -72,22 +75,6 @@ def parse_args(argv):
     return args
 
 
-def resolve_dtype(name, device):
-    """The dtype to generate in; 'auto' = bfloat16 on CUDA (float16 on GPUs without it) and on CPUs
-    that compute bf16 in hardware (bench.py's sample section measures it faster there), else float32."""
-    kind = device.split(":")[0]
-    if name == "auto":
-        if kind == "cuda":
-            name = "bfloat16" if native_bf16("cuda") else "float16"
-        else:
-            name = "bfloat16" if kind == "cpu" and cpu_fast_paths.fast_bf16() else "float32"
-    if name == "bfloat16" and (kind == "mps" or kind == "cuda" and not torch.cuda.is_bf16_supported()):
-        raise UserError(f"--dtype=bfloat16 is not supported on this {kind} device; use --dtype=float16 or float32")
-    if name == "bfloat16":
-        warn_if_bf16_is_emulated(kind)
-    return DTYPES[name]
-
-
 def prepare_for_sampling(model, device, dtype, compile=False):
     """Put a loaded model in the form generation uses: evaluation mode, weights (and so the KV
     cache) in `dtype`, and the CPU fast paths for it where they apply; with compile, its decode
@@ -95,10 +82,22 @@ def prepare_for_sampling(model, device, dtype, compile=False):
     model.eval()
     model.to(dtype)
     if compile:
-        # fullgraph: a graph break would silently split the step into pieces run one after another
+        # reduce-overhead: on a GPU the step is replayed as a CUDA graph, one launch instead of about
+        # a hundred small kernels per token; fullgraph: a graph break would silently split the step
+        # into pieces run one after another
         model.decode_step = torch.compile(model.decode_step, mode="reduce-overhead", fullgraph=True)
+        model.make_kv_cache = functools.partial(make_static_kv_cache, model.make_kv_cache)
     cpu_fast_paths.enable(model, device, dtype, compiled=compile)
     return model
+
+
+def make_static_kv_cache(make_kv_cache, batch_size, device):
+    """A KV cache whose tensors the compiled decode step (a CUDA graph) writes into directly, not
+    through copies: marked as living at fixed addresses."""
+    cache = make_kv_cache(batch_size, device)
+    for t in (cache.k, cache.v):
+        torch._dynamo.mark_static_address(t, guard=False)
+    return cache
 
 
 def compile_decode_step(model, batch_size):
@@ -229,7 +228,9 @@ def main():
     if not args.prompt.strip():
         raise UserError("--prompt is empty; give the story a beginning, e.g. --prompt \"Once upon a time\"")
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    dtype = resolve_dtype(args.dtype, device, generating=True)
+    if dtype == torch.bfloat16:
+        warn_if_bf16_is_emulated(device.split(":")[0])
     checkpoint = args.checkpoint or os.path.join(args.out_dir, "best_model_params.pt")
     model = load_model(checkpoint, device)
     enc = load_run_tokenizer(checkpoint, model.config.vocab_size)  # GPT-2's, or the run's own

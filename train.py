@@ -11,19 +11,16 @@ best_model_params.pt (the weights with the best validation loss, a plain state_d
 config.json (the run's configuration), metrics.csv and loss.png.
 
 Reading order: main() at the bottom sets up and runs the loop; the functions above it are its
-steps (the optimizers and their learning-rate schedule, one optimizer step, reading its results
-back, evaluation, saving and resuming, starting from trained weights).
+steps (a batch, one optimizer step, reading its results back, evaluation, the architecture and
+data of a run, the training clock, stopping and logging). The optimizers and their schedule are
+in optimizers.py; saving, resuming and the run folder's files in checkpoint.py.
 """
 import contextlib
-import csv
-import dataclasses
 import functools
-import io
 import json
 import math
 import os
 import random
-import shlex
 import signal
 import sys
 import time
@@ -37,17 +34,14 @@ import checkpoint
 import config
 import cpu_fast_paths
 import tokenizer
-from common import (UserError, WriteError, atomic_write, first_line, last_line, make_output_dir, native_bf16,
-                    remove_stale_temp_files, resolve_device, run_main, warn_if_bf16_is_emulated)
-from data import batch_rng, bits_per_byte, eval_rng, get_batch, load_meta
+from optimizers import get_lr, make_optimizers, set_learning_rates
+from common import (UserError, atomic_write, first_line, make_output_dir, remove_stale_temp_files, resolve_device, resolve_dtype, run_main, warn_if_bf16_is_emulated)
+from data import batch_rng, eval_rng, get_batch, load_meta
 from model import GPT, GPTConfig
 
 # Dense bf16 tensor-core peak, TFLOP/s, for the MFU column of the log (datasheet figures).
 PEAK_BF16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A10": 125, "L4": 121,
                     "RTX 4090": 165, "RTX 3090": 71}
-METRIC_FIELDS = ["step", "tokens", "train_loss", "val_loss", "val_perplexity", "val_bits_per_byte", "lr", "seconds"]
-GPT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
-RUN_FILES = ("ckpt.pt", "best_model_params.pt", "metrics.csv", "loss.png", "tokenizer.json")  # what a run writes besides config.json
 
 
 # ----------------------------------------------------------------------------- setup
@@ -71,16 +65,6 @@ def setup_distributed(device_name):
     return rank, local_rank, world_size, device
 
 
-def resolve_dtype(name, device_type):
-    """The autocast dtype: 'auto' = bfloat16 on a GPU that has it, else float16 on CUDA, float32 elsewhere."""
-    bf16_ok = {"cuda": device_type == "cuda" and torch.cuda.is_bf16_supported(), "cpu": True, "mps": False}[device_type]
-    if name == "auto":
-        name = "float32" if device_type != "cuda" else "bfloat16" if native_bf16("cuda") else "float16"
-    if name == "bfloat16" and not bf16_ok:
-        raise UserError(f"--dtype=bfloat16 is not supported on this {device_type} device; use --dtype=float16 or float32")
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def finish_distributed():
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # leave together: no rank tears down while another still talks
@@ -96,89 +80,14 @@ def all_mean(value, world_size, device):
     return t.item() / world_size
 
 
-# ----------------------------------------------------------------------------- optimizers, schedule, batches
-
-def make_optimizers(model, cfg, device_type):
-    """The optimizers of this run, {name: optimizer}, stepped together every step.
-
-    --optimizer=adamw: {'adamw': AdamW over every parameter}. --optimizer=muon: {'muon': Muon over
-    the blocks' 2-D weights, 'adamw': AdamW over the rest (the embeddings with the tied LM head,
-    biases, LayerNorms)}. Muon orthogonalizes each matrix's update, which only means something
-    for a matrix that maps one hidden space to another.
-    """
-    betas = (cfg.beta1, cfg.beta2)
-    if cfg.optimizer == "adamw":
-        return {"adamw": model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, betas, device_type)}
-    if not hasattr(torch.optim, "Muon"):
-        raise UserError(f"--optimizer=muon needs torch.optim.Muon, new in PyTorch 2.9, and this is torch "
-                        f"{torch.__version__}; upgrade torch or use --optimizer=adamw")
-    hidden = model.hidden_matrices()
-    in_bf16 = cfg.muon_dtype == "bfloat16" or (cfg.muon_dtype == "auto" and native_bf16(device_type))
-    muon = torch.optim.Muon if in_bf16 else Float32Muon
-    return {"muon": muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay),
-            "adamw": model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, betas, device_type, exclude=hidden)}
-
-
-class Float32Muon(getattr(torch.optim, "Muon", torch.optim.Optimizer)):  # (no Muon before torch 2.9: refused above)
-    """torch.optim.Muon with its Newton-Schulz iteration in float32 instead of bfloat16.
-
-    torch's Muon orthogonalizes in bf16, which GPUs and some CPUs compute in hardware; other CPUs
-    emulate it, many times slower than float32 (--muon_dtype=auto picks this class there). The
-    same update, only rounded less; the same state (a momentum buffer per matrix), so ckpt.pt
-    resumes with either class.
-    """
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            a, b, c = group["ns_coefficients"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                momentum = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
-                momentum.lerp_(p.grad, 1 - group["momentum"])
-                update = p.grad.lerp(momentum, group["momentum"]) if group["nesterov"] else momentum
-                tall = p.size(0) > p.size(1)
-                x = update.float().T if tall else update.float()  # wide, so that x @ x.T is the smaller product
-                x = x / x.norm().clamp(min=group["eps"])  # spectral norm <= 1, where the iteration converges
-                for _ in range(group["ns_steps"]):  # x <- a x + (b x x^T + c (x x^T)^2) x
-                    gram = x @ x.T
-                    x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-                x = x.T if tall else x
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(x, alpha=-group["lr"] * math.sqrt(max(1, p.size(0) / p.size(1))))  # torch's "original" lr scale
-
-
-def get_lr(step, cfg):
-    """AdamW's learning rate for optimizer step `step`: linear warmup, then cosine decay to min_lr."""
-    if step < cfg.warmup_iters:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_iters
-    if step >= cfg.lr_decay_iters:
-        return cfg.min_lr
-    progress = (step - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def set_learning_rates(optimizers, step, cfg):
-    """Set every param group's learning rate for step `step`; returns AdamW's (for the log).
-
-    One schedule for all: each optimizer's peak times get_lr(step) / learning_rate, the fraction
-    of the peak that warmup and cosine allow at this step (so Muon's floor is muon_lr * min_lr /
-    learning_rate). AdamW's factor is exactly 1: its learning rates are get_lr's, bit for bit.
-    """
-    lr = get_lr(step, cfg)
-    peaks = {"adamw": cfg.learning_rate, "muon": cfg.muon_lr}
-    for name, optimizer in optimizers.items():
-        for group in optimizer.param_groups:
-            group["lr"] = lr * (peaks[name] / cfg.learning_rate)
-    return lr
-
+# ----------------------------------------------------------------------------- batches
 
 def scratch_model_args(cfg, vocab_size):
     """The GPTConfig fields of a run from random weights (saved as model_args, compared on resume):
     each from the config knob of the same name, the vocabulary from the data. A fine-tune's come
-    from its source (fine_tune_model_args)."""
-    return {**{name: getattr(cfg, name) for name in GPT_DEFAULTS if name != "vocab_size"}, "vocab_size": vocab_size}
+    from its source (checkpoint.fine_tune_model_args)."""
+    names = [name for name in checkpoint.GPT_DEFAULTS if name != "vocab_size"]
+    return {**{name: getattr(cfg, name) for name in names}, "vocab_size": vocab_size}
 
 
 def training_batch(cfg, device, step, first_micro_batch, micro_step):
@@ -275,167 +184,16 @@ def estimate_loss(model, cfg, rank, world_size, device, autocast):
     return losses
 
 
-def metrics_row(step, losses, lr, tokens_per_step, val_meta, seconds):
-    val = losses["validation"]
-    return {"step": step, "tokens": step * tokens_per_step, "train_loss": round(losses["train"], 6),
-            "val_loss": round(val, 6), "val_perplexity": round(math.exp(min(val, 50)), 4),
-            "val_bits_per_byte": round(bits_per_byte(val, val_meta), 6), "lr": lr, "seconds": round(seconds, 1)}
-
-
-def write_metrics(out_dir, rows):
-    """Rewrite metrics.csv and loss.png from all evaluation rows so far."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(os.path.join(out_dir, "metrics.csv"), lambda f: f.write(buffer.getvalue().encode()))
-
-    import matplotlib
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["train_loss"] for r in rows], label="train", marker=".")
-    ax.plot(steps, [r["val_loss"] for r in rows], label="validation", marker=".")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy loss (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(os.path.join(out_dir, "loss.png"), lambda f: f.write(png.getvalue()))
-
-
-def read_metrics(out_dir, up_to_step):
-    """Rows of an earlier run's metrics.csv, for resuming, without those past the checkpoint."""
-    path = os.path.join(out_dir, "metrics.csv")
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="") as f:
-        rows = [{k: (int(v) if k in ("step", "tokens") else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)]
-    return [r for r in rows if r["step"] <= up_to_step]
-
-
-# ----------------------------------------------------------------------------- saving and resuming
-
-def rng_state():
-    """The generators dropout (and anything else random) draws from, so that resume is bit-exact."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)  # weights_only-loadable
-    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path, model, optimizers, scaler, model_args, cfg, step, best_val_loss, train_seconds, world_size,
-                    wandb_run_id, init):
-    """Write the whole training state to `path` (rank 0 writes). Every rank must call it: it
-    gathers each rank's random state, so that a resumed run draws the same dropout masks. init:
-    where a fine-tune's first weights came from (load_fine_tune_source), None from scratch.
-    train_seconds: the training time used, so that a resumed --max_minutes budget goes on."""
-    states = [rng_state()]
-    if torch.distributed.is_initialized():
-        states = [None] * world_size
-        torch.distributed.all_gather_object(states, rng_state())
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return
-    # the config records the optimizer (--optimizer) that made the optimizer states
-    checkpoint.save({"model": model.state_dict(), "scaler": scaler.state_dict(),
-                     "optimizer": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
-                     "model_args": model_args, "config": vars(cfg), "step": step, "best_val_loss": best_val_loss,
-                     "train_seconds": train_seconds, "rng": states, "wandb_run_id": wandb_run_id, "init": init}, path)
-
-
-def resume(path, model, optimizers, optimizer_name, scaler, model_args, rank, world_size, log):
-    """Load ckpt.pt into the model, optimizers, scaler and random generators; (step, best_val_loss,
-    training seconds used, the id of its W&B run or None)."""
-    # read onto the CPU: the generators' states must be CPU tensors, and load_state_dict copies the
-    # weights and optimizer states to their parameters' device (no second copy on the GPU meanwhile)
-    state = checkpoint.load_checkpoint(path, "cpu")
-    # an option newer than the checkpoint: its default; a removed one: refused if it was on
-    saved = {**GPT_DEFAULTS, **checkpoint.current_model_args(state.get("model_args", {}), path)}
-    differ = {k: (saved.get(k), v) for k, v in model_args.items() if k != "dropout" and saved.get(k) != v}
-    if differ:
-        detail = ", ".join(f"{k}={old} in the checkpoint but {new} now" for k, (old, new) in differ.items())
-        raise UserError(f"{path} is of another architecture ({detail}); use the same settings or a new --out_dir")
-    saved_optimizer = state.get("config", {}).get("optimizer", "adamw")  # checkpoints from before Muon: AdamW
-    if saved_optimizer != optimizer_name:
-        raise UserError(f"{path} was trained with --optimizer={saved_optimizer}, not --optimizer={optimizer_name}, "
-                        f"and one's state does not carry over to the other; resume with --optimizer={saved_optimizer}, "
-                        "or start a new run in another --out_dir")
-    try:
-        model.load_state_dict(checkpoint.clean_state_dict(state["model"]))
-        saved_states = state["optimizer"]
-        if "param_groups" in saved_states:  # written before Muon: the AdamW's state alone
-            saved_states = {"adamw": saved_states}
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(saved_states[name])
-        scaler.load_state_dict(state["scaler"])
-        step, best_val_loss, rng_states = state["step"], state["best_val_loss"], state["rng"]
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise UserError(f"{path} is not a usable train.py checkpoint ({type(e).__name__}: {e}); "
-                        "start again with --init_from=scratch and a new --out_dir") from e
-    if len(rng_states) == world_size:
-        set_rng_state(rng_states[rank])
-    else:
-        log(f"note: the checkpoint was written by {len(rng_states)} processes, now {world_size}: "
-            "dropout continues with fresh random streams (not bit-identical to an uninterrupted run)")
-    log(f"resuming from {path} at step {step} (best val loss {best_val_loss:.4f})")
-    return step, best_val_loss, state.get("train_seconds", 0.0), state.get("wandb_run_id")
-
-
 # ----------------------------------------------------------------------------- fine-tuning: starting from trained weights
-
-def load_fine_tune_source(cfg):
-    """The weights --init_from names: (state_dict, architecture, record), see
-    checkpoint.load_init_weights. Refused when they lie in out_dir, whose files this run replaces."""
-    state_dict, architecture, record = checkpoint.load_init_weights(cfg.init_from)
-    if os.path.realpath(os.path.dirname(record["file"])) == os.path.realpath(cfg.out_dir):
-        raise UserError(f"--init_from={cfg.init_from} is in --out_dir={cfg.out_dir}, whose files this run would "
-                        "replace; fine-tune into another --out_dir")
-    return state_dict, architecture, record
-
-
-def fine_tune_model_args(cfg, given, architecture, source):
-    """model_args of a run that starts from trained weights (or resumes such a run): their
-    architecture (checkpoint.architecture_of), this run's dropout, and block_size at most their
-    number of positions (all of them unless --block_size is given). A flag (or preset) in `given`
-    that contradicts them is refused."""
-    conflicts = [f"--{k}={getattr(cfg, k)} but {source} has {k}={v}" for k, v in architecture.items()
-                 if k in given and k not in ("block_size", "vocab_size") and getattr(cfg, k) != v]
-    if conflicts:
-        raise UserError(f"a fine-tune takes its architecture from the weights it starts from: {'; '.join(conflicts)}; "
-                        "leave these flags out")
-    positions = architecture["block_size"]
-    block_size = cfg.block_size if "block_size" in given else positions
-    if block_size > positions:
-        raise UserError(f"--block_size={block_size} is longer than the {positions} positions of {source}; "
-                        f"use --block_size={positions} or less")
-    return {**architecture, "block_size": block_size, "dropout": cfg.dropout}
-
 
 def model_args_and_data(cfg, given, architecture, init, log):
     """(model_args, the data's meta.json). From scratch the architecture is config.py's and the
-    flags'; a fine-tune (or a resumed one) takes its source's, which cfg then follows, and the
-    data's vocabulary must fit it."""
+    flags'; a fine-tune (or a resumed one) takes its source's, and the data's vocabulary must fit it."""
     if init is None:
         meta = load_meta(cfg.data_dir, cfg.block_size)
         check_tokenizer(cfg, meta, None)
         return scratch_model_args(cfg, meta["vocab_size"]), meta
-    model_args = fine_tune_model_args(cfg, given, architecture, init["source"])
-    vars(cfg).update({k: v for k, v in model_args.items() if k != "vocab_size"})
+    model_args = checkpoint.fine_tune_model_args(cfg, given, architecture, init["source"])
     meta = load_meta(cfg.data_dir, model_args["block_size"])
     check_tokenizer(cfg, meta, init)
     if meta["vocab_size"] > model_args["vocab_size"]:
@@ -463,71 +221,6 @@ def check_tokenizer(cfg, meta, init):
         raise UserError(f"{cfg.data_dir} was prepared with {tokenizer.describe(data)}, but the weights of "
                         f"--init_from={cfg.init_from} were trained with {tokenizer.describe(trained)}; prepare the "
                         f"data with theirs: python prepare.py{flag} --out_dir=DATA_DIR (and your input flags)")
-
-
-def load_fine_tune_weights(model, state_dict, source):
-    """Copy the weights a fine-tune starts from into `model`; their position table is cropped to
-    the model's block_size (the first positions are the ones a shorter context uses)."""
-    if "transformer.wpe.weight" in state_dict:  # (RoPE models have no position table)
-        wpe = state_dict["transformer.wpe.weight"]
-        state_dict = {**state_dict, "transformer.wpe.weight": wpe[:model.config.block_size]}
-    try:
-        model.load_state_dict(state_dict)
-    except (RuntimeError, TypeError) as e:
-        raise UserError(f"the weights of {source} do not fit its own architecture ({last_line(e)}); "
-                        "the file is damaged or not a GPT-2") from e
-
-
-# ----------------------------------------------------------------------------- guarding out_dir
-
-def lock_out_dir(out_dir):
-    """Claim out_dir for this run, so that a second train.py on it is refused; returns the open
-    lock file, which holds the claim until this process ends. The operating system drops the
-    lock when the process ends however it ends (kill -9 included), so no lock is ever stale."""
-    try:
-        import fcntl
-    except ImportError:  # not on Windows: runs are not guarded there
-        return None
-    lock = open(os.path.join(out_dir, ".train.lock"), "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        owner = lock.read().strip() or "a process that is just starting"
-        lock.close()
-        raise UserError(f"{out_dir} is in use by another train.py ({owner}); wait for it to end or stop it, "
-                        "or choose another --out_dir") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M')}: {shlex.join(['python'] + sys.argv)}")
-    lock.flush()
-    return lock
-
-
-def refuse_or_clear_earlier_run(cfg, log):
-    """A new run (from scratch or a fine-tune) must not silently replace the run already in
-    out_dir: refuse, unless --overwrite."""
-    found = checkpoint.describe_run(cfg.out_dir)
-    if found is None:
-        return
-    if not cfg.overwrite:
-        raise UserError(f"{cfg.out_dir} already holds a run: {found}. Continue it with --init_from=resume, "
-                        "choose another --out_dir, or pass --overwrite=true to replace it")
-    log(f"--overwrite=true: replacing the earlier run in {cfg.out_dir} ({found})")
-    for name in RUN_FILES:
-        if os.path.exists(os.path.join(cfg.out_dir, name)):
-            os.remove(os.path.join(cfg.out_dir, name))
-
-
-@contextlib.contextmanager
-def explain_write_failures(out_dir):
-    """A file of the run could not be written (a full disk...): say what is intact and how to go on."""
-    try:
-        yield
-    except WriteError as e:
-        saved = checkpoint.describe_run(out_dir) or "no checkpoint yet"
-        raise UserError(f"{e}. The files already in {out_dir} are intact ({saved}); make room, then continue with "
-                        f"`python train.py --init_from=resume --out_dir={out_dir}` (plus your other flags)") from e
 
 
 @contextlib.contextmanager
@@ -701,7 +394,7 @@ def main():
     log = tqdm.write if master else (lambda *args, **kwargs: None)  # tqdm.write: above a progress bar, if any
     wandb = import_wandb() if cfg.wandb_log and master else None
     device_type = device.split(":")[0]
-    dtype = resolve_dtype(cfg.dtype, device_type)
+    dtype = resolve_dtype(cfg.dtype, device)
     if dtype == torch.bfloat16 and master:
         warn_if_bf16_is_emulated(device_type)
     if cfg.gradient_accumulation_steps % world_size:
@@ -712,23 +405,24 @@ def main():
     best_path = os.path.join(cfg.out_dir, "best_model_params.pt")
     # a fine-tune starts from trained weights, and a resumed one keeps the architecture it started with
     fine_tune = cfg.init_from not in ("scratch", "resume")
-    source_weights, architecture, init = load_fine_tune_source(cfg) if fine_tune else (None, None, None)
+    source_weights, architecture, init = checkpoint.load_fine_tune_source(cfg) if fine_tune else (None, None, None)
     if cfg.init_from == "resume":
         architecture, init = checkpoint.fine_tune_record(ckpt_path) or (None, None)
 
     model_args, meta = model_args_and_data(cfg, given, architecture, init, log)
+    vars(cfg).update({k: v for k, v in model_args.items() if k != "vocab_size"})  # a fine-tune's shape is its source's
 
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     make_output_dir(cfg.out_dir, "--out_dir")  # the first thing written: bad input above leaves no trace
-    lock = lock_out_dir(cfg.out_dir) if master else None  # held until the run ends
+    lock = checkpoint.lock_out_dir(cfg.out_dir) if master else None  # held until the run ends
     if cfg.init_from != "resume" and master:
-        refuse_or_clear_earlier_run(cfg, log)
+        checkpoint.refuse_or_clear_earlier_run(cfg, log)
 
     # the model, the optimizer and (for float16) the gradient scaler
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     raw_model = GPT(GPTConfig(**model_args)).to(device)
     if source_weights is not None:
-        load_fine_tune_weights(raw_model, source_weights, init["source"])
+        checkpoint.load_fine_tune_weights(raw_model, source_weights, init["source"])
     use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device_type == "cuda")
     cpu_fast_paths.enable(raw_model, device, dtype, use_compile)  # only where it is faster: eager fp32 on a CPU
     optimizers = make_optimizers(raw_model, cfg, device_type)
@@ -737,7 +431,7 @@ def main():
         seed_rng(cfg.seed + rank)  # after the init: each rank its own dropout masks
     step, best_val_loss, train_seconds, wandb_run_id = 0, float("inf"), 0.0, None
     if cfg.init_from == "resume":
-        step, best_val_loss, train_seconds, wandb_run_id = resume(ckpt_path, raw_model, optimizers, cfg.optimizer,
+        step, best_val_loss, train_seconds, wandb_run_id = checkpoint.resume(ckpt_path, raw_model, optimizers, cfg.optimizer,
                                                                   scaler, model_args, rank, world_size, log)
     resumed_at = step if cfg.init_from == "resume" else None
     clock = TrainingClock(step, train_seconds, cfg.max_minutes)  # a resumed budget goes on where it stopped
@@ -756,7 +450,7 @@ def main():
     eval_model = model = torch.compile(raw_model) if use_compile else raw_model  # eval_model: without DDP
     if torch.distributed.is_initialized():
         model = DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
-    rows = read_metrics(cfg.out_dir, step) if master and resumed_at is not None else []
+    rows = checkpoint.read_metrics(cfg.out_dir, step) if master and resumed_at is not None else []
     if master:
         remove_stale_temp_files(cfg.out_dir)
         run_config = {"model_args": model_args, "config": vars(cfg), "world_size": world_size, "init": init,
@@ -780,22 +474,22 @@ def main():
     eval_seconds = 0.0  # the last evaluation's, for the estimate of the time left
     bar = progress_bar(cfg, step, clock) if master and sys.stderr.isatty() else None  # tqdm draws on stderr
     tracker = start_wandb(wandb, cfg, wandb_run_id, init) if wandb else None
-    save = functools.partial(save_checkpoint, ckpt_path, raw_model, optimizers, scaler, model_args, cfg,
+    save = functools.partial(checkpoint.save_checkpoint, ckpt_path, raw_model, optimizers, scaler, model_args, cfg,
                              world_size=world_size, wandb_run_id=tracker.id if tracker else wandb_run_id, init=init)
-    with explain_write_failures(cfg.out_dir), explain_compile_failures(use_compile):
+    with checkpoint.explain_write_failures(cfg.out_dir), explain_compile_failures(use_compile):
         while True:
             # evaluate, keep the best weights, save the latest state
             finished = step >= cfg.max_iters or clock.out_of_time(step)
             if (step % cfg.eval_interval == 0 or finished) and step != resumed_at:
                 eval_started = time.time()
                 losses = estimate_loss(eval_model, cfg, rank, world_size, device, autocast)
-                row = metrics_row(step, losses, get_lr(clock.schedule_position(step, cfg), cfg), tokens_per_step,
+                row = checkpoint.metrics_row(step, losses, get_lr(clock.schedule_position(step, cfg), cfg), tokens_per_step,
                                   meta["splits"]["validation"], time.time() - start_time)
                 log(f"eval step {step}: train loss {losses['train']:.4f} | val loss {row['val_loss']:.4f}, "
                     f"perplexity {row['val_perplexity']:.2f}, {row['val_bits_per_byte']:.4f} bits/byte")
                 if master:
                     rows.append(row)
-                    write_metrics(cfg.out_dir, rows)
+                    checkpoint.write_metrics(cfg.out_dir, rows)
                 if tracker:
                     tracker.log({k: v for k, v in row.items() if k != "step"}, step=step)
                 if losses["validation"] < best_val_loss:

@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-import train
+import checkpoint
 import common
 from common import ArgumentParser, UserError, WriteError, atomic_write
-from conftest import ROOT
+from conftest import ROOT, run_in_process
 
 
 def no_space(*args):
@@ -56,7 +56,7 @@ def test_metrics_and_plot_that_cannot_be_written_raise_a_write_error(tmp_path, m
            "lr": 1e-3, "seconds": 1.0}
     monkeypatch.setattr(os, "fsync", no_space)
     with pytest.raises(WriteError, match="metrics.csv: No space left on device"):
-        train.write_metrics(str(tmp_path), [row])
+        checkpoint.write_metrics(str(tmp_path), [row])
     assert os.listdir(tmp_path) == []
 
 
@@ -97,14 +97,12 @@ def test_asking_for_bfloat16_where_it_is_emulated_warns_in_one_line_and_names_th
 
 
 def test_sample_py_warns_about_emulated_bfloat16_only_when_asked_for_it(monkeypatch, capsys):
-    import sample
-
     monkeypatch.setattr(common, "native_bf16", lambda kind: False)
-    monkeypatch.setattr(sample.cpu_fast_paths, "fast_bf16", lambda: False)
-    assert sample.resolve_dtype("auto", "cpu") == torch.float32  # auto never picks emulated bf16
+    assert common.resolve_dtype("auto", "cpu", generating=True) == torch.float32  # auto never picks emulated bf16
     assert capsys.readouterr().err == ""
-    assert sample.resolve_dtype("bfloat16", "cpu") == torch.bfloat16  # asked for: done, with the warning
-    assert capsys.readouterr().err.startswith("warning: this CPU has no bfloat16 arithmetic")
+    for dtype, warned in (("auto", False), ("bfloat16", True)):  # asked for: done, with the warning
+        result = run_in_process("sample.py", "--out_dir=nowhere", f"--dtype={dtype}", "--device=cpu")
+        assert result.stderr.startswith("warning: this CPU has no bfloat16 arithmetic") == warned, result.stderr
 
 
 def test_native_bf16_follows_the_cpus_instructions(monkeypatch):

@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 import cpu_fast_paths
 from cpu_fast_paths import LinearCrossEntropy, PackedLinear, cheap_dropout, few_rows_linear, linear_cross_entropy
+from common import native_bf16
 from conftest import MODERN
 from model import GPT, GPTConfig
 
@@ -23,7 +24,7 @@ def plain_and_fast(seed=0, dtype=torch.float32, **overrides):
     return models
 
 
-needs_bf16 = pytest.mark.skipif(not cpu_fast_paths.fast_bf16(), reason="this CPU has no bf16 instructions")
+needs_bf16 = pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no bf16 instructions")
 
 
 def plain_loss(h, weight, targets):

@@ -5,8 +5,7 @@ import json
 import pytest
 import torch
 
-import train
-from common import UserError
+from common import UserError, resolve_dtype
 from conftest import TINY_RUN, assert_clean_error, copy_of, run_in_process, run_script
 
 # Each check runs train.py's and sample.py's main() in this process (run_in_process): the input is
@@ -83,9 +82,10 @@ def test_a_compile_that_fails_is_a_one_line_error(tiny_data, tmp_path, monkeypat
 def test_bf16_requested_where_unsupported(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     with pytest.raises(UserError, match="bfloat16 is not supported"):
-        train.resolve_dtype("bfloat16", "cuda")
-    assert train.resolve_dtype("auto", "cuda") == torch.float16  # auto falls back to fp16 + GradScaler
-    assert train.resolve_dtype("float16", "cpu") == torch.float16  # CPU autocast takes float16 (tests use it)
+        resolve_dtype("bfloat16", "cuda")
+    assert resolve_dtype("auto", "cuda") == torch.float16  # auto falls back to fp16 + GradScaler
+    assert resolve_dtype("float16", "cpu") == torch.float16  # CPU autocast takes float16 (tests use it)
+    assert resolve_dtype("auto", "cpu") == torch.float32  # training on a CPU: float32, bf16 instructions or not
 
 
 def test_out_dir_that_cannot_be_created(tiny_data, tmp_path):

@@ -17,7 +17,7 @@ from export import write_safetensors
 from model import GPT, GPTConfig
 from test_ddp import FLAGS as DDP_FLAGS, TOLERANCE as DDP_TOLERANCE, torchrun
 from test_train_gpu_path import BF16_STEP0_TOLERANCE, FAST_LEARNING, eval_losses
-from train import fine_tune_model_args, load_fine_tune_weights, lock_out_dir
+from checkpoint import fine_tune_model_args, load_fine_tune_weights, lock_out_dir
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # transformers must never try the network in these tests
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402  (after HF_HUB_OFFLINE)

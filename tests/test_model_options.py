@@ -15,8 +15,9 @@ import config
 from common import UserError
 from conftest import MODERN, ROOT, TINY_RUN, assert_clean_error, run_script
 from model import GPT, GPTConfig, apply_rotary
-from train import (make_optimizers, resume, rng_state, scratch_model_args, set_learning_rates, train_step,
-                   training_batch)
+from checkpoint import resume, rng_state
+from optimizers import make_optimizers, set_learning_rates
+from train import scratch_model_args, train_step, training_batch
 
 SMALL = dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 OPTIONS = [dict(pos_emb="rope"), dict(qk_norm=True), dict(mlp="relu2"), dict(zero_init_proj=True), MODERN]

@@ -14,7 +14,8 @@ import cpu_fast_paths
 import model as model_module
 import sample
 from bench import learn_a_cycle
-from common import UserError
+import common
+from common import UserError, native_bf16
 from conftest import PROCESS_TIMEOUT, ROOT, TEST_DEVICE, TINY_RUN, assert_clean_error, run_script
 from model import GPT, GPTConfig
 from tokenizer import EOT_TOKEN
@@ -40,7 +41,7 @@ def cycle_model():
 # ----------------------------------------------------------------------------- one batch
 
 DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
-    not cpu_fast_paths.fast_bf16(), reason="this CPU has no bf16 instructions"))]
+    not native_bf16("cpu"), reason="this CPU has no bf16 instructions"))]
 
 
 @pytest.mark.parametrize("kv_cache", [True, False])
@@ -137,7 +138,7 @@ def test_streaming_one_story_prints_each_token_as_it_comes(capsys):
 
 # ----------------------------------------------------------------------------- dtype
 
-@pytest.mark.skipif(not cpu_fast_paths.fast_bf16(), reason="this CPU has no bf16 instructions")
+@pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no bf16 instructions")
 @pytest.mark.parametrize("kv_cache", [True, False])
 def test_bfloat16_greedy_tokens_equal_float32_on_a_trained_model(cycle_model, kv_cache):
     model, sequence = cycle_model
@@ -148,16 +149,16 @@ def test_bfloat16_greedy_tokens_equal_float32_on_a_trained_model(cycle_model, kv
     assert torch.equal(bf16.generate(prompt, 100, temperature=0, kv_cache=kv_cache), expected)
 
 
-def test_auto_dtype_on_a_cpu_is_bfloat16_only_where_it_has_bf16_instructions(monkeypatch):
+def test_auto_dtype_for_generating_on_a_cpu_is_bfloat16_only_where_it_has_bf16_instructions(monkeypatch):
     for fast, expected in ((True, torch.bfloat16), (False, torch.float32)):
-        monkeypatch.setattr(cpu_fast_paths, "fast_bf16", lambda: fast)
-        assert sample.resolve_dtype("auto", "cpu") is expected
-    assert sample.resolve_dtype("float32", "cpu") is torch.float32
+        monkeypatch.setattr(common, "native_bf16", lambda kind: fast)
+        assert common.resolve_dtype("auto", "cpu", generating=True) is expected
+    assert common.resolve_dtype("float32", "cpu", generating=True) is torch.float32
 
 
 def test_bfloat16_on_mps_is_refused():
     with pytest.raises(UserError, match="--dtype=bfloat16 is not supported"):
-        sample.resolve_dtype("bfloat16", "mps")
+        common.resolve_dtype("bfloat16", "mps", generating=True)
 
 
 # ----------------------------------------------------------------------------- --compile

@@ -14,6 +14,7 @@ import pytest
 import train
 from checkpoint import load_checkpoint
 from conftest import PROCESS_TIMEOUT, ROOT, TINY_RUN, assert_clean_error, run_in_process, run_script
+from optimizers import get_lr
 from train import TrainingClock, duration
 
 SCHEDULE = SimpleNamespace(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, lr_decay_iters=100, max_iters=10**6,
@@ -53,9 +54,9 @@ def test_between_readings_the_clock_moves_on_at_the_last_measured_pace():
 def test_with_a_budget_the_schedule_follows_the_fraction_of_it_used():
     clock = clock_after([(10, 30.0)])  # 30 of 60 seconds in 10 steps: half the budget
     assert clock.schedule_position(10, SCHEDULE) == pytest.approx(50.0)  # half of lr_decay_iters
-    assert train.get_lr(clock.schedule_position(10, SCHEDULE), SCHEDULE) == pytest.approx(train.get_lr(50, SCHEDULE))
+    assert get_lr(clock.schedule_position(10, SCHEDULE), SCHEDULE) == pytest.approx(get_lr(50, SCHEDULE))
     assert clock.schedule_position(30, SCHEDULE) == SCHEDULE.lr_decay_iters  # past the budget: at the end, min_lr
-    assert train.get_lr(clock.schedule_position(30, SCHEDULE), SCHEDULE) == pytest.approx(SCHEDULE.min_lr)
+    assert get_lr(clock.schedule_position(30, SCHEDULE), SCHEDULE) == pytest.approx(SCHEDULE.min_lr)
     no_budget = clock_after([(10, 30.0)], budget_minutes=0)
     assert no_budget.schedule_position(10, SCHEDULE) == 10  # the step itself, as without a clock
 

@@ -23,9 +23,10 @@ from common import UserError
 from conftest import (PROCESS_TIMEOUT, ROOT, TINY_RUN, assert_clean_error, assert_same_optimizer_states, copy_of,
                       run_script)
 from model import GPT, GPTConfig
-import train as train_module
-from train import (Float32Muon, get_lr, make_optimizers, resume, rng_state, set_learning_rates, train_step,
-                   training_batch)
+import optimizers as optimizers_module
+from checkpoint import resume, rng_state
+from optimizers import Float32Muon, get_lr, make_optimizers, set_learning_rates
+from train import train_step, training_batch
 
 
 def train(tiny_data, out_dir, *flags):
@@ -134,7 +135,7 @@ def test_muon_in_bfloat16_and_in_float32_differ_only_by_bfloat16_rounding():
     ("cpu", False, "bfloat16", torch.optim.Muon)])
 def test_muon_orthogonalizes_in_bfloat16_only_where_the_device_computes_it(monkeypatch, device_type, native, muon_dtype,
                                                                            expected):
-    monkeypatch.setattr(train_module, "native_bf16", lambda kind: native)
+    monkeypatch.setattr(optimizers_module, "native_bf16", lambda kind: native)
     optimizers = make_optimizers(tiny_model(), config.parse_args(["--optimizer=muon", f"--muon_dtype={muon_dtype}"]),
                                  device_type)
     assert type(optimizers["muon"]) is expected

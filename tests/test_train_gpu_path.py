@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import config
+from optimizers import make_optimizers
 import train
 from checkpoint import load_checkpoint
 from common import native_bf16
@@ -85,7 +86,7 @@ def one_step(model, optimizers, scaler, tiny_data):
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_float16_step_whose_gradients_overflow_is_skipped_and_the_scale_lowered(tiny_data, optimizer):
     model = tiny_model(dropout=0.0)
-    optimizers = train.make_optimizers(model, config.parse_args([f"--optimizer={optimizer}"]), "cpu")
+    optimizers = make_optimizers(model, config.parse_args([f"--optimizer={optimizer}"]), "cpu")
     # 2**100 times the loss: its gradient overflows float16 (largest finite value 65504)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
