@@ -144,9 +144,7 @@ def main():
     enc = tokenizer.load_run_tokenizer(checkpoint, model.config.vocab_size)
     data_dir = args.data_dir or run_data_dir(checkpoint)
     meta = load_meta(data_dir, model.config.block_size)
-    if not tokenizer.same_tokenizer(tokenizer.run_record(checkpoint), tokenizer.record_of(meta)):
-        raise UserError(f"{data_dir} was not prepared with the tokenizer of {checkpoint}; give --data_dir=DATA made "
-                        "with it")
+    tokenizer.check_data_for(checkpoint, data_dir, meta, checkpoint)
 
     sample.prepare_for_sampling(model, "cpu", torch.float32)
     held_out = np.memmap(os.path.join(data_dir, "validation.bin"), dtype=np.uint16, mode="r")

@@ -77,11 +77,7 @@ def main():
     model = load_model(checkpoint, device)
     cpu_fast_paths.enable(model, device)  # only where it is faster: a CPU (here always float32)
     meta = load_meta(args.data_dir, model.config.block_size)
-    trained, data = tokenizer.run_record(checkpoint), tokenizer.record_of(meta)
-    tokenizer.check_file(os.path.dirname(checkpoint), trained, f"the run of {checkpoint}")
-    if not tokenizer.same_tokenizer(trained, data):
-        raise UserError(f"{args.data_dir} was prepared with {tokenizer.describe(data)}, but {checkpoint} was trained "
-                        f"with {tokenizer.describe(trained)}; evaluate on data prepared with the model's tokenizer")
+    tokenizer.check_data_for(checkpoint, args.data_dir, meta, checkpoint)
     if meta["vocab_size"] > model.config.vocab_size:
         raise UserError(f"{args.data_dir} has token ids up to {meta['vocab_size'] - 1} but the model's vocabulary "
                         f"is {model.config.vocab_size}; evaluate on data prepared with the model's tokenizer")

@@ -241,6 +241,20 @@ def run_record(checkpoint_path):
     return record_of({"tokenizer": record})
 
 
+def check_data_for(weights_path, data_dir, meta, weights_name):
+    """UserError unless the data in data_dir (meta: its meta.json) was made with the tokenizer that
+    the weights at weights_path were trained with, both intact where they are files of their own;
+    the message names the prepare.py command that makes data with the weights' tokenizer."""
+    data, trained = record_of(meta), run_record(weights_path)
+    check_file(data_dir, data, f"the data in {data_dir}")
+    check_file(os.path.dirname(weights_path), trained, f"the run of {weights_path}")
+    if not same_tokenizer(trained, data):
+        flag = "" if trained["kind"] == "gpt2" else f" --tokenizer={os.path.dirname(weights_path) or '.'}"
+        raise UserError(f"{data_dir} was prepared with {describe(data)}, but {weights_name} was trained with "
+                        f"{describe(trained)}; prepare the data with its tokenizer: python prepare.py{flag} "
+                        "--out_dir=DATA_DIR (and your input flags)")
+
+
 def load_run_tokenizer(checkpoint_path, model_vocab_size):
     """The Encoding a model was trained with: that of the run folder its checkpoint lies in."""
     folder = os.path.dirname(checkpoint_path)

@@ -188,14 +188,17 @@ def estimate_loss(model, cfg, rank, world_size, device, autocast):
 
 def model_args_and_data(cfg, given, architecture, init, log):
     """(model_args, the data's meta.json). From scratch the architecture is config.py's and the
-    flags'; a fine-tune (or a resumed one) takes its source's, and the data's vocabulary must fit it."""
+    flags'; a fine-tune (or a resumed one) takes its source's, and the data's vocabulary must fit it.
+    Weights trained before (resumed, or fine-tuned) need data of the tokenizer they were trained with."""
+    model_args = checkpoint.fine_tune_model_args(cfg, given, architecture, init["source"]) if init else None
+    meta = load_meta(cfg.data_dir, model_args["block_size"] if init else cfg.block_size)
+    weights = os.path.join(cfg.out_dir, "ckpt.pt") if cfg.init_from == "resume" else init and init["file"]
+    if weights:
+        tokenizer.check_data_for(weights, cfg.data_dir, meta, f"the weights of --init_from={cfg.init_from}")
+    else:
+        tokenizer.check_file(cfg.data_dir, tokenizer.record_of(meta), f"the data in {cfg.data_dir}")
     if init is None:
-        meta = load_meta(cfg.data_dir, cfg.block_size)
-        check_tokenizer(cfg, meta, None)
         return scratch_model_args(cfg, meta["vocab_size"]), meta
-    model_args = checkpoint.fine_tune_model_args(cfg, given, architecture, init["source"])
-    meta = load_meta(cfg.data_dir, model_args["block_size"])
-    check_tokenizer(cfg, meta, init)
     if meta["vocab_size"] > model_args["vocab_size"]:
         raise UserError(f"the data's vocabulary ({meta['vocab_size']} tokens, {cfg.data_dir}/meta.json) does not "
                         f"fit the model's ({model_args['vocab_size']} tokens, {init['source']}); prepare the data "
@@ -205,22 +208,6 @@ def model_args_and_data(cfg, given, architecture, init, log):
         + ", ".join(f"{k}={model_args[k]}" for k in ("n_layer", "n_head", "n_embd", "bias", "vocab_size"))
         + f", block_size={model_args['block_size']} of its {architecture['block_size']} positions")
     return model_args, meta
-
-
-def check_tokenizer(cfg, meta, init):
-    """The data's tokenizer must be the one the weights this run continues were trained with (a
-    resumed run's, a fine-tune's source's), and a tokenizer of its own must be in data_dir intact."""
-    data = tokenizer.record_of(meta)
-    tokenizer.check_file(cfg.data_dir, data, f"the data in {cfg.data_dir}")
-    if cfg.init_from == "scratch":
-        return
-    resuming = cfg.init_from == "resume"
-    trained = tokenizer.run_record(os.path.join(cfg.out_dir, "ckpt.pt") if resuming else init["file"])
-    if not tokenizer.same_tokenizer(trained, data):
-        flag = "" if trained["kind"] == "gpt2" else f" --tokenizer={cfg.out_dir if resuming else cfg.init_from}"
-        raise UserError(f"{cfg.data_dir} was prepared with {tokenizer.describe(data)}, but the weights of "
-                        f"--init_from={cfg.init_from} were trained with {tokenizer.describe(trained)}; prepare the "
-                        f"data with theirs: python prepare.py{flag} --out_dir=DATA_DIR (and your input flags)")
 
 
 @contextlib.contextmanager

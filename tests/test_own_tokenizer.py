@@ -186,14 +186,18 @@ def test_tokenize_new_text_with_an_existing_tokenizer_from_a_file_a_data_or_a_ru
 def test_existing_data_is_kept_for_the_same_tokenizer_refused_for_another_and_replaced_with_force(own_data, tmp_path):
     data = copy_of(own_data, tmp_path)
     before = (data / "train.bin").read_bytes()
-    write_txt(tmp_path / "stories.txt", make_stories(300))
-    again = prepare_own(tmp_path, f"--vocab_size={VOCAB}", name=data.name)
+
+    def prepare_again(*flags):  # from the same text as own_data, into its copy
+        return run_script("prepare.py", "--input", own_data.parent / "stories.txt", "--out_dir", data,
+                          "--val_fraction", "0.1", *flags)
+
+    again = prepare_again(f"--vocab_size={VOCAB}")
     assert again.returncode == 0 and "skipping" in again.stdout, again.stderr
     for flags in ([], [f"--vocab_size={VOCAB + 8}"]):  # GPT-2's, another size: neither silently kept nor replaced
-        refused = prepare_own(tmp_path, *flags, name=data.name)
+        refused = prepare_again(*flags)
         assert_clean_error(refused, "already holds data made with an own 384-token tokenizer", "--force")
         assert (data / "train.bin").read_bytes() == before
-    forced = prepare_own(tmp_path, "--force", name=data.name)
+    forced = prepare_again("--force")
     assert forced.returncode == 0, forced.stderr
     assert json.loads((data / "meta.json").read_text())["vocab_size"] == 50257
 
@@ -225,7 +229,7 @@ def test_a_folder_without_a_tokenizer_or_a_file_that_is_not_one_is_one_line(tmp_
 def test_a_text_too_small_for_the_vocabulary_leaves_no_data(tmp_path):
     result = prepare_own(tmp_path, "--vocab_size=4096", stories=20)
     assert_clean_error(result, "only enough pairs for a vocabulary of", "not 4096")
-    assert not [name for name in os.listdir(tmp_path / "data")]
+    assert not (tmp_path / "data").exists()  # not even the folder it would have made
 
 
 # ----------------------------------------------------------------------------- a run with its own tokenizer
