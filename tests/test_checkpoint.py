@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from checkpoint import load_checkpoint, load_model
 from common import UserError
@@ -38,6 +39,27 @@ def test_compiled_model_checkpoint_loads_into_a_plain_model(tmp_path):
     assert torch.equal(loaded(idx)[0], model(idx)[0])
     # and the other way: a plain state_dict loads into a compiled wrapper's module
     torch.compile(GPT(small_config()))._orig_mod.load_state_dict(model.state_dict())
+
+
+@pytest.fixture
+def process_group_of_one():
+    """A gloo process group of this process alone, in memory: DDP can wrap a model here."""
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["ddp", "ddp_over_compile"])
+def test_a_ddp_model_checkpoint_loads_into_a_plain_model(tmp_path, process_group_of_one, compiled):
+    # train.py wraps the compiled model in DDP: the names then carry both prefixes
+    model = GPT(small_config()).eval()
+    wrapped = DistributedDataParallel(torch.compile(model) if compiled else model)
+    ddp_state = wrapped.state_dict()
+    assert all(k.startswith("module._orig_mod." if compiled else "module.") for k in ddp_state)
+    torch.save({"model": ddp_state, "model_args": vars(model.config)}, tmp_path / "ckpt.pt")
+    loaded = load_model(str(tmp_path / "ckpt.pt")).eval()
+    idx = torch.randint(0, 100, (1, 16))
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
 
 
 def saved_checkpoint(tmp_path):
