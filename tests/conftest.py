@@ -125,13 +125,19 @@ def assert_clean_error(result, *fragments):
 
 
 def assert_same_optimizer_states(a, b):
-    """The optimizers' states in checkpoints a and b are equal, tensor for tensor."""
+    """The optimizers' states in checkpoints a and b are equal: the same optimizers, parameters and
+    hyperparameters, tensor for tensor (printed, a large tensor shows only its rounded corners)."""
     import torch
 
+    assert sorted(a["optimizer"]) == sorted(b["optimizer"])
     for name, state in a["optimizer"].items():
+        other = b["optimizer"][name]
+        assert state["param_groups"] == other["param_groups"], name
+        assert sorted(state["state"]) == sorted(other["state"]), name
         for index, tensors in state["state"].items():
+            assert sorted(tensors) == sorted(other["state"][index]), (name, index)
             for key, tensor in tensors.items():
-                assert torch.equal(tensor, b["optimizer"][name]["state"][index][key]), (name, index, key)
+                assert torch.equal(tensor, other["state"][index][key]), (name, index, key)
 
 
 # The device the tiny-config runs of train.py use: the CPU, or a GPU with TEST_DEVICE=cuda.
