@@ -227,6 +227,7 @@ def test_compiled_decode_step_gives_the_eager_logits_at_every_step(cycle_model, 
     eager_tokens, eager_logits = logits_of_each_step(model, prompt, 70, monkeypatch)
     compiled_tokens, compiled_logits = logits_of_each_step(compiled, prompt.to(TEST_DEVICE), 70, monkeypatch)
     assert torch.equal(compiled_tokens.cpu(), eager_tokens)
+    assert len(compiled_logits) == len(eager_logits) == 70  # a token drawn from each step's logits
     for step, (eager, compiled) in enumerate(zip(eager_logits, compiled_logits)):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4, msg=lambda m: f"step {step}: {m}")
 
