@@ -1,7 +1,13 @@
-"""model.py: causality, weight tying, size, learning, and generation (KV cache, window, sampling)."""
+"""model.py: causality, weight tying, size, learning, and generation (KV cache, window, sampling); it
+imports only torch."""
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from conftest import PROCESS_TIMEOUT, ROOT
 from model import GPT, GPTConfig, KVCache, sample_next, window_start
 
 
@@ -21,6 +27,36 @@ def test_changing_a_token_never_changes_logits_before_it():
         new_logits, _ = model(changed)
         assert torch.equal(new_logits[:, :t], logits[:, :t])
         assert not torch.allclose(new_logits[:, t], logits[:, t])
+
+
+# In a fresh interpreter: torch first, with whatever it brings along, then model.py, recording the
+# packages model.py's own lines import (torch brings numpy, which a line of model.py could import
+# unnoticed among sys.modules).
+IMPORT_MODEL = """
+import builtins, json, sys
+import torch
+before, asked, real_import = set(sys.modules), set(), builtins.__import__
+
+def recording_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if (globals or {}).get("__name__") == "model":
+        asked.add(name.split(".")[0])
+    return real_import(name, globals, locals, fromlist, level)
+
+builtins.__import__ = recording_import
+import model
+print(json.dumps({"asked": sorted(asked), "new": sorted({m.split(".")[0] for m in set(sys.modules) - before})}))
+"""
+
+
+@pytest.mark.slow
+def test_model_py_imports_only_torch():
+    result = subprocess.run([sys.executable, "-c", IMPORT_MODEL], cwd=ROOT, capture_output=True, text=True,
+                            timeout=PROCESS_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    imports = json.loads(result.stdout)
+    packages = lambda names: {name for name in names if name not in sys.stdlib_module_names}  # noqa: E731
+    assert packages(imports["asked"]) == {"torch"}
+    assert packages(imports["new"]) <= {"model", "torch"}
 
 
 def test_lm_head_and_token_embedding_share_one_tensor():
