@@ -75,12 +75,13 @@ def describe_run(out_dir):
 
 
 def clean_state_dict(state_dict):
-    """Strip the prefixes torch.compile (`_orig_mod.`) and DDP (`module.`) add to parameter names."""
+    """Strip the prefixes torch.compile (`_orig_mod.`) and DDP (`module.`) add to parameter names,
+    in whatever order the wrappers were nested (train.py wraps the compiled model in DDP:
+    `module._orig_mod.`)."""
     cleaned = {}
     for key, value in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
+        while key.startswith(("_orig_mod.", "module.")):
+            key = key.split(".", 1)[1]
         cleaned[key] = value
     return cleaned
 

@@ -85,6 +85,41 @@ def run_script(script, *args, cwd=None, timeout=PROCESS_TIMEOUT, file_size_limit
                           preexec_fn=limit_file_size if file_size_limit else None)
 
 
+# Runs a script as `python script args` does, with the modules named in argv[2] (JSON) impossible to
+# import, as if not installed; at its end, however it ends, writes the names of the packages it
+# imported (top level, JSON) to argv[1].
+_REPORTING_MODULES = """
+import json, os, runpy, sys
+report, hidden, script = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+for name in hidden:
+    sys.modules[name] = None
+sys.argv = sys.argv[3:]
+sys.path.insert(0, os.path.dirname(script))
+try:
+    runpy.run_path(script, run_name="__main__")
+finally:
+    with open(report, "w") as f:
+        json.dump(sorted({name.split(".")[0] for name, module in list(sys.modules.items()) if module}), f)
+"""
+
+
+def run_script_reporting_imports(script, *args, hidden=()):
+    """Run one of the project's scripts in a fresh interpreter, as run_script does, with the packages
+    in `hidden` made impossible to import; (its CompletedProcess, the packages it imported, by
+    their top-level names)."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        report = os.path.join(folder, "imported.json")
+        result = subprocess.run([sys.executable, "-c", _REPORTING_MODULES, report, json.dumps(list(hidden)),
+                                 os.path.join(ROOT, script), *map(str, args)],
+                                capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
+        with open(report) as f:
+            return result, set(json.load(f))
+
+
 def run_in_process(script, *args):
     """Run a script's main() in this process, as `python script args` runs it (through run_main),
     and return what run_script would: its exit status, stdout and stderr.
@@ -125,13 +160,19 @@ def assert_clean_error(result, *fragments):
 
 
 def assert_same_optimizer_states(a, b):
-    """The optimizers' states in checkpoints a and b are equal, tensor for tensor."""
+    """The optimizers' states in checkpoints a and b are equal: the same optimizers, parameters and
+    hyperparameters, tensor for tensor (printed, a large tensor shows only its rounded corners)."""
     import torch
 
+    assert sorted(a["optimizer"]) == sorted(b["optimizer"])
     for name, state in a["optimizer"].items():
+        other = b["optimizer"][name]
+        assert state["param_groups"] == other["param_groups"], name
+        assert sorted(state["state"]) == sorted(other["state"]), name
         for index, tensors in state["state"].items():
+            assert sorted(tensors) == sorted(other["state"][index]), (name, index)
             for key, tensor in tensors.items():
-                assert torch.equal(tensor, b["optimizer"][name]["state"][index][key]), (name, index, key)
+                assert torch.equal(tensor, other["state"][index][key]), (name, index, key)
 
 
 # The device the tiny-config runs of train.py use: the CPU, or a GPU with TEST_DEVICE=cuda.

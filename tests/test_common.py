@@ -51,13 +51,23 @@ def test_torch_save_failing_inside_its_zip_writer_still_reports_the_os_reason(tm
     assert os.listdir(tmp_path) == []
 
 
-def test_metrics_and_plot_that_cannot_be_written_raise_a_write_error(tmp_path, monkeypatch):
-    row = {"step": 0, "tokens": 0, "train_loss": 1.0, "val_loss": 1.0, "val_perplexity": 2.7, "val_bits_per_byte": 0.5,
-           "lr": 1e-3, "seconds": 1.0}
+METRICS_ROW = {"step": 0, "tokens": 0, "train_loss": 1.0, "val_loss": 1.0, "val_perplexity": 2.7,
+               "val_bits_per_byte": 0.5, "lr": 1e-3, "seconds": 1.0}
+
+
+def test_metrics_that_cannot_be_written_raise_a_write_error(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", no_space)
     with pytest.raises(WriteError, match="metrics.csv: No space left on device"):
-        checkpoint.write_metrics(str(tmp_path), [row])
+        checkpoint.write_metrics(str(tmp_path), [METRICS_ROW])
     assert os.listdir(tmp_path) == []
+
+
+def test_a_plot_that_cannot_be_written_raises_a_write_error(tmp_path):
+    # metrics.csv is written first, then loss.png, whose place a folder takes: its rename fails
+    (tmp_path / "loss.png").mkdir()
+    with pytest.raises(WriteError, match=f"cannot write {tmp_path / 'loss.png'}: Is a directory"):
+        checkpoint.write_metrics(str(tmp_path), [METRICS_ROW])
+    assert sorted(os.listdir(tmp_path)) == ["loss.png", "metrics.csv"]  # no partial temporary file left
 
 
 def test_dashed_flags_are_read_as_underscored_ones_but_values_are_left_alone():

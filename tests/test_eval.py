@@ -103,6 +103,35 @@ def test_max_tokens_reads_a_prefix(tmp_path):
     assert loss == pytest.approx(nats / count, abs=1e-4)
 
 
+def loss_printed(result):
+    assert result.returncode == 0, result.stderr
+    return float(re.search(r"^loss ([\d.]+) \|", result.stdout, re.MULTILINE)[1])
+
+
+def test_split_train_evaluates_the_training_tokens(tmp_path):
+    model = write_run_and_data(tmp_path, random_tokens(BLOCK * 4))  # a validation split unlike train's
+    result = run_in_process("eval.py", "--device", "cpu", "--out_dir", tmp_path / "out", "--data_dir",
+                            tmp_path / "data", "--split", "train")
+    nats, count = reference_pass(model, np.arange(200, dtype=np.uint16))  # train.bin
+    assert loss_printed(result) == pytest.approx(nats / count, abs=1e-4)  # printed to 4 decimals
+    assert f"{tmp_path / 'data'}/train.bin, windows of {BLOCK} tokens" in result.stdout
+    assert f"{count} tokens evaluated" in result.stdout
+
+
+def test_checkpoint_evaluates_those_weights_instead_of_the_runs_best(tmp_path):
+    tokens = random_tokens(BLOCK * 4)
+    write_run_and_data(tmp_path, tokens)  # out/best_model_params.pt: the weights not to evaluate
+    torch.manual_seed(1)
+    other = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16)).eval()
+    (tmp_path / "elsewhere").mkdir()
+    torch.save({"model": other.state_dict(), "model_args": vars(other.config)}, tmp_path / "elsewhere" / "ckpt.pt")
+    result = run_in_process("eval.py", "--device", "cpu", "--out_dir", tmp_path / "out", "--data_dir",
+                            tmp_path / "data", "--checkpoint", tmp_path / "elsewhere" / "ckpt.pt")
+    nats, count = reference_pass(other, tokens)
+    assert loss_printed(result) == pytest.approx(nats / count, abs=1e-4)
+    assert result.stdout.startswith(f"{tmp_path / 'elsewhere' / 'ckpt.pt'} on ")
+
+
 def test_missing_inputs_are_one_line_errors(tmp_path):
     write_run_and_data(tmp_path, random_tokens(100))
     result = run_in_process("eval.py", "--device", "cpu", "--out_dir", tmp_path / "out",

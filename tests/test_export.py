@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, run_in_process, run_script
+from conftest import ROOT, assert_clean_error, run_in_process, run_script, run_script_reporting_imports
 from model import GPT, GPTConfig
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # transformers must never try the network in these tests
@@ -32,6 +32,15 @@ def save_run(out_dir, bias=True, block_size=32):
 
 def export(*args):
     return run_script("export.py", *args, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_export_needs_neither_transformers_nor_safetensors(tmp_path):
+    save_run(tmp_path / "out")
+    result, _ = run_script_reporting_imports("export.py", "--out_dir", tmp_path / "out", "--to", tmp_path / "hf",
+                                             hidden=("transformers", "safetensors"))
+    assert result.returncode == 0, result.stderr
+    assert {"config.json", "model.safetensors"} <= set(os.listdir(tmp_path / "hf"))
 
 
 @pytest.mark.slow

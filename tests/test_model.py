@@ -1,7 +1,13 @@
-"""model.py: causality, weight tying, size, learning, and generation (KV cache, window, sampling)."""
+"""model.py: causality, weight tying, size, learning, and generation (KV cache, window, sampling); it
+imports only torch."""
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from conftest import PROCESS_TIMEOUT, ROOT
 from model import GPT, GPTConfig, KVCache, sample_next, window_start
 
 
@@ -21,6 +27,36 @@ def test_changing_a_token_never_changes_logits_before_it():
         new_logits, _ = model(changed)
         assert torch.equal(new_logits[:, :t], logits[:, :t])
         assert not torch.allclose(new_logits[:, t], logits[:, t])
+
+
+# In a fresh interpreter: torch first, with whatever it brings along, then model.py, recording the
+# packages model.py's own lines import (torch brings numpy, which a line of model.py could import
+# unnoticed among sys.modules).
+IMPORT_MODEL = """
+import builtins, json, sys
+import torch
+before, asked, real_import = set(sys.modules), set(), builtins.__import__
+
+def recording_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if (globals or {}).get("__name__") == "model":
+        asked.add(name.split(".")[0])
+    return real_import(name, globals, locals, fromlist, level)
+
+builtins.__import__ = recording_import
+import model
+print(json.dumps({"asked": sorted(asked), "new": sorted({m.split(".")[0] for m in set(sys.modules) - before})}))
+"""
+
+
+@pytest.mark.slow
+def test_model_py_imports_only_torch():
+    result = subprocess.run([sys.executable, "-c", IMPORT_MODEL], cwd=ROOT, capture_output=True, text=True,
+                            timeout=PROCESS_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    imports = json.loads(result.stdout)
+    packages = lambda names: {name for name in names if name not in sys.stdlib_module_names}  # noqa: E731
+    assert packages(imports["asked"]) == {"torch"}
+    assert packages(imports["new"]) <= {"model", "torch"}
 
 
 def test_lm_head_and_token_embedding_share_one_tensor():
@@ -137,7 +173,9 @@ def test_temperature_zero_is_argmax_and_top_k_limits_the_choice():
     assert sample_next(logits, temperature=0).flatten().tolist() == [1, 0]
     torch.manual_seed(0)
     drawn = {tuple(sample_next(logits, temperature=1.0, top_k=2).flatten().tolist()) for _ in range(200)}
-    assert {row[0] for row in drawn} <= {1, 2} and {row[1] for row in drawn} <= {0, 3}
+    # both of the two likeliest, and only they: the second of row 0 has probability 1 / (1 + e) = 0.27,
+    # so 200 draws all miss it with probability 0.73^200 < 1e-27
+    assert {row[0] for row in drawn} == {1, 2} and {row[1] for row in drawn} == {0, 3}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 import checkpoint
 import config
 from common import UserError
-from conftest import MODERN, ROOT, TINY_RUN, assert_clean_error, run_script
+from conftest import MODERN, ROOT, TINY_RUN, assert_clean_error, assert_same_optimizer_states, run_script
 from model import GPT, GPTConfig, apply_rotary
 from checkpoint import resume, rng_state
 from optimizers import make_optimizers, set_learning_rates
@@ -197,19 +197,31 @@ def test_learned_positions_still_refuse_a_sequence_longer_than_block_size():
 def test_a_checkpoint_from_before_the_options_resumes_as_gpt2_and_another_option_is_refused(tiny_data, tmp_path):
     flags = [f"--data_dir={tiny_data}", "--block_size=32", "--n_layer=2", "--n_head=2", "--n_embd=32"]
     cfg = config.parse_args(flags)
-    model = GPT(GPTConfig(**scratch_model_args(cfg, 50257)))
-    optimizers = make_optimizers(model, cfg, "cpu")
+
+    def new_run(seed):
+        torch.manual_seed(seed)
+        model = GPT(GPTConfig(**scratch_model_args(cfg, 50257)))
+        return model, make_optimizers(model, cfg, "cpu")
+
+    model, optimizers = new_run(seed=0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
+    next_batch = functools.partial(training_batch, cfg, "cpu", 0, 0)
+    train_step(model, optimizers, scaler, next_batch, 1, contextlib.nullcontext(), grad_clip=1.0)  # moments to keep
     old_args = dict(vocab_size=50257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.1, bias=True)
-    checkpoint.save({"model": model.state_dict(), "optimizer": {"adamw": optimizers["adamw"].state_dict()},
-                     "scaler": scaler.state_dict(), "model_args": old_args, "config": vars(cfg), "step": 1,
-                     "best_val_loss": 9.0, "rng": [rng_state()]}, str(tmp_path / "ckpt.pt"))
-    step = resume(str(tmp_path / "ckpt.pt"), model, optimizers, "adamw", scaler, scratch_model_args(cfg, 50257),
-                  0, 1, lambda *a: None)[0]
+    saved = {"model": model.state_dict(), "optimizer": {"adamw": optimizers["adamw"].state_dict()},
+             "scaler": scaler.state_dict(), "model_args": old_args, "config": vars(cfg), "step": 1,
+             "best_val_loss": 9.0, "rng": [rng_state()]}
+    checkpoint.save(saved, str(tmp_path / "ckpt.pt"))
+    fresh, fresh_optimizers = new_run(seed=1)  # other weights, no moments: everything must come from the file
+    step = resume(str(tmp_path / "ckpt.pt"), fresh, fresh_optimizers, "adamw", scaler,
+                  scratch_model_args(cfg, 50257), 0, 1, lambda *a: None)[0]
     assert step == 1
+    assert fresh.state_dict().keys() == saved["model"].keys()
+    assert all(torch.equal(p, saved["model"][name]) for name, p in fresh.state_dict().items())
+    assert_same_optimizer_states({"optimizer": {"adamw": fresh_optimizers["adamw"].state_dict()}}, saved)
     rope_cfg = config.parse_args([*flags, "--pos_emb=rope"])
     with pytest.raises(UserError, match="pos_emb=learned in the checkpoint but rope now"):
-        resume(str(tmp_path / "ckpt.pt"), model, optimizers, "adamw", scaler, scratch_model_args(rope_cfg, 50257),
+        resume(str(tmp_path / "ckpt.pt"), *new_run(seed=1), "adamw", scaler, scratch_model_args(rope_cfg, 50257),
                0, 1, lambda *a: None)
 
 

@@ -1,5 +1,6 @@
 """sample.py: many stories in one batch, generation in bfloat16, and the interactive prompt."""
 import copy
+import io
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import sample
 from bench import learn_a_cycle
 import common
 from common import UserError, native_bf16
-from conftest import PROCESS_TIMEOUT, ROOT, TEST_DEVICE, TINY_RUN, assert_clean_error, run_script
+from conftest import PROCESS_TIMEOUT, ROOT, TEST_DEVICE, TINY_RUN, assert_clean_error, run_in_process, run_script
 from model import GPT, GPTConfig
 from tokenizer import EOT_TOKEN
 
@@ -228,6 +229,7 @@ def test_compiled_decode_step_gives_the_eager_logits_at_every_step(cycle_model, 
     eager_tokens, eager_logits = logits_of_each_step(model, prompt, 70, monkeypatch)
     compiled_tokens, compiled_logits = logits_of_each_step(compiled, prompt.to(TEST_DEVICE), 70, monkeypatch)
     assert torch.equal(compiled_tokens.cpu(), eager_tokens)
+    assert len(compiled_logits) == len(eager_logits) == 70  # a token drawn from each step's logits
     for step, (eager, compiled) in enumerate(zip(eager_logits, compiled_logits)):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4, msg=lambda m: f"step {step}: {m}")
 
@@ -336,6 +338,25 @@ def test_interactive_ends_cleanly_on_ctrl_c(story_run):
     stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "interrupted" not in stderr
+
+
+@pytest.mark.slow
+def test_interactive_sampling_repeats_a_session_but_not_a_prompt(story_run, monkeypatch):
+    # the seed is set once, at the start: the same prompts in the same order give the same
+    # stories, while a prompt given twice in one session draws a story of its own each time
+    def session(*prompts):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{prompt}\n" for prompt in prompts)))
+        result = run_in_process("sample.py", "--out_dir", story_run, "--interactive", "--temperature", "1.0",
+                                "--max_new_tokens", "20", "--ignore_eot")
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.count("tokens/s]") == len(prompts)
+        return result.stdout
+
+    twice = session("Tom found a dog", "Tom found a dog")
+    assert session("Tom found a dog", "Tom found a dog") == twice
+    once = session("Tom found a dog")
+    assert once.startswith("Tom found a dog") and twice.startswith(once)
+    assert twice[len(once):].startswith("Tom found a dog") and twice[len(once):] != once
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import checkpoint
-from conftest import PROCESS_TIMEOUT, ROOT, TINY_RUN, assert_clean_error
+from conftest import PROCESS_TIMEOUT, ROOT, TINY_RUN, assert_clean_error, run_script_reporting_imports
 from test_finetune import save_hf_gpt2
 
 
@@ -101,6 +101,14 @@ def test_a_fine_tune_logs_where_its_weights_came_from_and_its_starting_loss(tiny
     with open(tmp_path / "out" / "metrics.csv") as f:
         starting = next(csv.DictReader(f))
     assert starting["step"] == "0" and history[0]["val_loss"] == pytest.approx(float(starting["val_loss"]))
+
+
+@pytest.mark.slow
+def test_a_run_without_wandb_log_does_not_import_wandb(tiny_data, tmp_path):
+    result, imported = run_script_reporting_imports("train.py", f"--data_dir={tiny_data}", f"--out_dir={tmp_path}",
+                                                    *TINY_RUN, "--max_iters=1")
+    assert result.returncode == 0, result.stderr
+    assert "torch" in imported and "wandb" not in imported
 
 
 @pytest.mark.slow
