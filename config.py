@@ -40,7 +40,7 @@ mlp = "gelu"  # the MLP's nonlinearity: 'gelu' (GPT-2) or 'relu2' (relu(x)^2)
 zero_init_proj = False  # the blocks' output projections (attention and MLP c_proj) start at zero
 
 # --- batch: tokens per optimizer step = batch_size * block_size * gradient_accumulation_steps ---
-batch_size = 32  # sequences per micro-batch (per GPU); raise it on a big GPU, lower the next one
+batch_size = 32  # sequences per micro-batch (per GPU); on CUDA, when not given, the largest that fits (gpu_micro_batch)
 gradient_accumulation_steps = 32  # micro-batches summed per optimizer step (divided across DDP ranks)
 
 # --- optimizer: AdamW, weight decay on 2-D weights only; or Muon for the blocks' matrices ---
@@ -72,6 +72,8 @@ wandb_log = False  # log every training log line, evaluation and the config to W
 wandb_project = "tinystories-gpt"  # the W&B project the run goes to
 wandb_run_name = ""  # the run's name on W&B; '' lets W&B pick one
 
+MICRO_BATCH_TOKENS = 32768  # presets/gpu.py's 256 x 128: measured fast on an H200 (BENCHMARKS.md, GPU)
+
 CHOICES = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "compile": ("auto", "true", "false"),
@@ -80,6 +82,27 @@ CHOICES = {
     "pos_emb": ("learned", "rope"),
     "mlp": ("gelu", "relu2"),
 }
+
+
+def gpu_micro_batch(cfg, vocab_size, world_size, gpu_bytes):
+    """(batch_size, gradient_accumulation_steps) for a CUDA run whose --batch_size was not given: the
+    same tokens per optimizer step, in the fewest micro-batches of at most MICRO_BATCH_TOKENS whose
+    estimated memory takes at most half of the GPU's gpu_bytes. The defaults' 32 sequences a
+    micro-batch suit a CPU; a GPU runs them several times slower than the same tokens in larger
+    matrix products (BENCHMARKS.md, GPU).
+
+    The estimate, in bf16: per token, 34 bytes per layer and width (the activations a block keeps
+    for the backward pass, with fused attention: Korthikanti et al. 2022) and 10 per vocabulary
+    entry (the logits, their float32 log-softmax and its gradient); 16 bytes per parameter for the
+    weights, gradients and AdamW's moments."""
+    sequences = cfg.batch_size * cfg.gradient_accumulation_steps // world_size  # per process and step
+    params = 12 * cfg.n_layer * cfg.n_embd ** 2 + vocab_size * cfg.n_embd
+    for batch in range(sequences, 0, -1):
+        tokens = batch * cfg.block_size
+        memory = tokens * (34 * cfg.n_layer * cfg.n_embd + 10 * vocab_size) + 16 * params
+        if sequences % batch == 0 and tokens <= MICRO_BATCH_TOKENS and memory <= gpu_bytes / 2:
+            return batch, sequences // batch * world_size
+    return 1, sequences * world_size
 
 
 def defaults():

@@ -387,7 +387,6 @@ def main():
     if cfg.gradient_accumulation_steps % world_size:
         raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be divisible by "
                         f"the number of processes ({world_size}) to keep the global batch")
-    accum_steps = cfg.gradient_accumulation_steps // world_size
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     best_path = os.path.join(cfg.out_dir, "best_model_params.pt")
     # a fine-tune starts from trained weights, and a resumed one keeps the architecture it started with
@@ -398,6 +397,14 @@ def main():
 
     model_args, meta = model_args_and_data(cfg, given, architecture, init, log)
     vars(cfg).update({k: v for k, v in model_args.items() if k != "vocab_size"})  # a fine-tune's shape is its source's
+    if device_type == "cuda" and "batch_size" not in given:  # config.py's micro-batch is a CPU's
+        memory = torch.cuda.get_device_properties(device).total_memory
+        cfg.batch_size, cfg.gradient_accumulation_steps = config.gpu_micro_batch(cfg, model_args["vocab_size"],
+                                                                                  world_size, memory)
+        log(f"micro-batch {cfg.batch_size} x {cfg.block_size}, {cfg.gradient_accumulation_steps // world_size} per "
+            f"process and step: chosen for the {memory / 2**30:.0f} GiB of {torch.cuda.get_device_name(device)} "
+            "(--batch_size sets it)")
+    accum_steps = cfg.gradient_accumulation_steps // world_size
 
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     make_output_dir(cfg.out_dir, "--out_dir")  # the first thing written: bad input above leaves no trace

@@ -71,3 +71,25 @@ def test_docs_configuration_documents_every_knob():
     page = open(config.__file__.replace("config.py", os.path.join("docs", "configuration.md"))).read()
     missing = [name for name in config.defaults() if f"| `{name}` |" not in page]
     assert not missing
+
+
+GiB = 2**30
+
+
+@pytest.mark.parametrize("gpu_gib, world_size, expected", [
+    (80, 1, (256, 4)),  # presets/gpu.py's micro-batch: the tokens cap, not the memory, decides
+    (24, 1, (128, 8)),  # 256 x 128 would need ~19.5 GB of a 24 GB GPU's 12 allowed
+    (8, 1, (32, 32)),  # config.py's own micro-batch is what fits
+    (80, 2, (256, 4)),  # per process: 512 sequences a step, in 2 micro-batches each
+])
+def test_a_gpu_gets_the_largest_micro_batch_that_fits_with_the_same_tokens_per_step(gpu_gib, world_size, expected):
+    cfg = config.parse_args([])
+    batch, accumulation = config.gpu_micro_batch(cfg, 50257, world_size, gpu_gib * GiB)
+    assert (batch, accumulation) == expected
+    assert batch * accumulation == cfg.batch_size * cfg.gradient_accumulation_steps  # the same tokens per step
+
+
+def test_a_micro_batch_divides_the_sequences_of_a_step():
+    cfg = config.parse_args(["--batch_size=3", "--gradient_accumulation_steps=5", "--block_size=64"])  # 15 sequences
+    assert config.gpu_micro_batch(cfg, 4096, 1, 80 * GiB) == (15, 1)
+    assert config.gpu_micro_batch(cfg, 50257, 1, 1.5 * GiB) == (5, 3)  # memory allows 8: the largest divisor below
