@@ -33,6 +33,7 @@ from tqdm import tqdm
 import checkpoint
 import config
 import cpu_fast_paths
+import gpu_fast_paths
 import tokenizer
 from optimizers import get_lr, make_optimizers, set_learning_rates
 from common import (UserError, atomic_write, first_line, make_output_dir, remove_stale_temp_files, resolve_device, resolve_dtype, run_main, warn_if_bf16_is_emulated)
@@ -419,6 +420,7 @@ def main():
         checkpoint.load_fine_tune_weights(raw_model, source_weights, init["source"])
     use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device_type == "cuda")
     cpu_fast_paths.enable(raw_model, device, dtype, use_compile)  # only where it is faster: eager fp32 on a CPU
+    gpu_fast_paths.enable(raw_model, device)  # on a GPU: the loss without the full logits
     optimizers = make_optimizers(raw_model, cfg, device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     for seed_rng in (torch.manual_seed, random.seed, np.random.seed):
