@@ -31,6 +31,7 @@ from dataclasses import fields
 import numpy as np
 import torch
 
+import tokenizer
 from common import UserError, WriteError, atomic_write, first_line, last_line
 from data import bits_per_byte
 from model import GPT, GPTConfig
@@ -476,6 +477,16 @@ def resume(path, model, optimizers, optimizer_name, scaler, model_args, rank, wo
             "dropout continues with fresh random streams (not bit-identical to an uninterrupted run)")
     log(f"resuming from {path} at step {step} (best val loss {best_val_loss:.4f})")
     return step, best_val_loss, state.get("train_seconds", 0.0), state.get("wandb_run_id")
+
+
+def write_run_config(cfg, model_args, world_size, init, tokenizer_record):
+    """config.json: what sample.py, eval.py and export.py need to rebuild the model, and the run's
+    settings. A tokenizer of the data's own is copied beside it: the run folder is self-contained."""
+    if tokenizer_record["kind"] != "gpt2":
+        tokenizer.copy_file(cfg.data_dir, cfg.out_dir)
+    run_config = {"model_args": model_args, "config": vars(cfg), "world_size": world_size, "init": init,
+                  "tokenizer": tokenizer.essentials(tokenizer_record)}
+    atomic_write(os.path.join(cfg.out_dir, "config.json"), lambda f: f.write(json.dumps(run_config, indent=2).encode()))
 
 
 def lock_out_dir(out_dir):

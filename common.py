@@ -1,5 +1,6 @@
 """Helpers every script shares: one-line errors for bad input, crash-safe file writes, device choice."""
 import argparse
+import contextlib
 import difflib
 import os
 import sys
@@ -148,6 +149,20 @@ def native_bf16(device_type):
         capabilities = torch.cpu.get_capabilities()
         return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
     return False
+
+
+@contextlib.contextmanager
+def explain_compile_failures(compiled, instead):
+    """torch.compile could not compile (no C++ compiler for a CPU, no Triton for a GPU, ...): one
+    line that says so and what to do `instead`, not a page of compiler internals."""
+    try:
+        yield
+    except Exception as e:
+        import torch  # (torch._dynamo is imported by then: only torch.compile raises its errors)
+
+        if not compiled or not isinstance(e, torch._dynamo.exc.TorchDynamoException):
+            raise
+        raise UserError(f"torch.compile failed: {first_line(e)}; {instead}") from e
 
 
 def resolve_dtype(name, device, generating=False):

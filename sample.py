@@ -21,7 +21,7 @@ import torch
 
 import cpu_fast_paths
 from checkpoint import load_model
-from common import (ArgumentParser, UserError, first_line, resolve_device, resolve_dtype, run_main,
+from common import (ArgumentParser, UserError, explain_compile_failures, resolve_device, resolve_dtype, run_main,
                     warn_if_bf16_is_emulated)
 from tokenizer import EOT_TOKEN, load_run_tokenizer
 
@@ -236,13 +236,10 @@ def main():
     enc = load_run_tokenizer(checkpoint, model.config.vocab_size)  # GPT-2's, or the run's own
     prepare_for_sampling(model, device, dtype, args.compile)
     if args.compile:
-        print("compiling the decode step...", end=" ", file=sys.stderr, flush=True)
-        try:
+        print("compiling the decode step...", file=sys.stderr, flush=True)
+        with explain_compile_failures(True, "run without --compile"):
             seconds = compile_decode_step(model, args.num_samples)
-        except torch._dynamo.exc.TorchDynamoException as e:  # no C++ compiler for a CPU, no Triton for a GPU, ...
-            print(file=sys.stderr)
-            raise UserError(f"--compile failed: {first_line(e)}; run without --compile") from e
-        print(f"{seconds:.1f}s", file=sys.stderr)
+        print(f"compiled in {seconds:.1f}s", file=sys.stderr)
     torch.manual_seed(args.seed)  # once: a session with the same prompts in the same order repeats itself
     if not args.interactive:
         write_stories(model, enc, args.prompt, args)

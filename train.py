@@ -17,7 +17,6 @@ in optimizers.py; saving, resuming and the run folder's files in checkpoint.py.
 """
 import contextlib
 import functools
-import json
 import math
 import os
 import random
@@ -36,7 +35,8 @@ import cpu_fast_paths
 import gpu_fast_paths
 import tokenizer
 from optimizers import get_lr, make_optimizers, set_learning_rates
-from common import (UserError, atomic_write, first_line, make_output_dir, remove_stale_temp_files, resolve_device, resolve_dtype, run_main, warn_if_bf16_is_emulated)
+from common import (UserError, explain_compile_failures, make_output_dir, remove_stale_temp_files, resolve_device,
+                    resolve_dtype, run_main, warn_if_bf16_is_emulated)
 from data import batch_rng, eval_rng, get_batch, load_meta
 from model import GPT, GPTConfig
 
@@ -209,18 +209,6 @@ def model_args_and_data(cfg, given, architecture, init, log):
         + ", ".join(f"{k}={model_args[k]}" for k in ("n_layer", "n_head", "n_embd", "bias", "vocab_size"))
         + f", block_size={model_args['block_size']} of its {architecture['block_size']} positions")
     return model_args, meta
-
-
-@contextlib.contextmanager
-def explain_compile_failures(compiled):
-    """torch.compile could not compile the model (no C++ compiler for a CPU, no Triton for a GPU, ...):
-    one line that says so, instead of a page of compiler internals."""
-    try:
-        yield
-    except torch._dynamo.exc.TorchDynamoException as e:
-        if not compiled:
-            raise
-        raise UserError(f"torch.compile failed: {first_line(e)}; run with --compile=false") from e
 
 
 # ----------------------------------------------------------------------------- stopping and logging
@@ -449,18 +437,13 @@ def main():
     rows = checkpoint.read_metrics(cfg.out_dir, step) if master and resumed_at is not None else []
     if master:
         remove_stale_temp_files(cfg.out_dir)
-        run_config = {"model_args": model_args, "config": vars(cfg), "world_size": world_size, "init": init,
-                      "tokenizer": tokenizer.essentials(tokenizer.record_of(meta))}
-        if run_config["tokenizer"]["kind"] != "gpt2":  # the run folder is self-contained: its tokenizer goes with it
-            tokenizer.copy_file(cfg.data_dir, cfg.out_dir)
-        atomic_write(os.path.join(cfg.out_dir, "config.json"), lambda f: f.write(json.dumps(run_config, indent=2).encode()))
+        checkpoint.write_run_config(cfg, model_args, world_size, init, tokenizer.record_of(meta))
     log(f"model: {raw_model.num_params() / 1e6:.2f}M parameters | device {device}, {str(dtype)[6:]}, "
         f"compile {use_compile}, {world_size} process(es) | {tokens_per_step:,} tokens per step | "
         f"optimizer {cfg.optimizer}")
     if cfg.max_minutes:
-        log(f"time budget: {cfg.max_minutes:g} minutes of training (start-up and evaluation not counted), "
-            f"the schedule spread over them; at most {cfg.max_iters:,} steps. Not bit-reproducible: the steps "
-            "taken depend on the machine's speed")
+        log(f"time budget: {cfg.max_minutes:g} minutes of training (not start-up or evaluation), the schedule spread "
+            f"over them, at most {cfg.max_iters:,} steps (how many depends on the machine: not bit-reproducible)")
 
     stop = StopRequest(announce=master)
     step_losses = []  # the training losses since the last check, on the device
@@ -472,7 +455,7 @@ def main():
     tracker = start_wandb(wandb, cfg, wandb_run_id, init) if wandb else None
     save = functools.partial(checkpoint.save_checkpoint, ckpt_path, raw_model, optimizers, scaler, model_args, cfg,
                              world_size=world_size, wandb_run_id=tracker.id if tracker else wandb_run_id, init=init)
-    with checkpoint.explain_write_failures(cfg.out_dir), explain_compile_failures(use_compile):
+    with checkpoint.explain_write_failures(cfg.out_dir), explain_compile_failures(use_compile, "run with --compile=false"):
         while True:
             # evaluate, keep the best weights, save the latest state
             finished = step >= cfg.max_iters or clock.out_of_time(step)
@@ -544,7 +527,9 @@ def main():
         bar.close()
     if finished:
         spent = f"{step} steps" if step >= cfg.max_iters else f"{step} steps in {cfg.max_minutes:g} minutes"
-        log(f"done: {spent}, best val loss {best_val_loss:.4f}; sample with `python sample.py --out_dir={cfg.out_dir}`")
+        memory = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device_type == "cuda" else ""
+        log(f"done: {spent}, best val loss {best_val_loss:.4f}{memory}; sample with "
+            f"`python sample.py --out_dir={cfg.out_dir}`")
     else:
         log(f"stopped by {signal.Signals(stop.agreed).name} after step {step}; saved {ckpt_path}. "
             f"Resume with: python train.py --init_from=resume --out_dir={cfg.out_dir} (plus your other flags)")

@@ -412,7 +412,7 @@ def test_a_compile_that_fails_is_a_one_line_error(story_run, tmp_path, monkeypat
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))  # inductor needs a C++ compiler on a CPU
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
     result = run_script("sample.py", "--out_dir", story_run, "--max_new_tokens", "5", "--compile", "--device=cpu")
-    assert_clean_error(result, "--compile failed", "C++ compiler", "run without --compile")
+    assert_clean_error(result, "torch.compile failed", "C++ compiler", "run without --compile")
     assert result.stdout == ""
 
 
