@@ -4,10 +4,11 @@
         --recipe "GPT-2 vocabulary, 4 x 128=--vocab_size=0 --n_layer=4 --n_head=4 --n_embd=128" \\
         --recipe "own 4,096, 4 x 128=--vocab_size=4096 --n_layer=4 --n_head=4 --n_embd=128"
 
-A recipe is NAME=FLAGS: train.py flags (a preset file too), plus --vocab_size=N for data whose
-vocabulary of N tokens is learned from the training text (0: GPT-2's). The data is prepared once
-per vocabulary (prepare.py --input TRAIN --val_input HELD_OUT, into --work), so every recipe
-learns from the same text and is measured on the same held-out text, which no run sees.
+A recipe is NAME=FLAGS: train.py flags (preset files too, applied first so that the bench's own
+data, run folder and budget win), plus --vocab_size=N for data whose vocabulary of N tokens is
+learned from the training text (0: GPT-2's). The data is prepared once per vocabulary (prepare.py
+--input TRAIN --val_input HELD_OUT, into --work), so every recipe learns from the same text and
+is measured on the same held-out text, which no run sees.
 
 Each run trains with --max_minutes=MINUTES (training time: start-up and evaluation not counted),
 on --threads threads, pinned to --cores with taskset where given (so that two benches on two
@@ -70,8 +71,10 @@ def run_recipe(args, name, flags):
     from bench import cpu_seconds
 
     started, busy_before = time.time(), cpu_seconds()[0]
-    script("train.py", *RUN_FLAGS, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *flags,
-           f"--max_minutes={args.minutes}", threads=args.threads, cores=args.cores)
+    presets = [flag for flag in flags if flag.endswith(".py")]  # first: the bench's settings override theirs
+    script("train.py", *presets, *RUN_FLAGS, f"--data_dir={data_dir}", f"--out_dir={out_dir}",
+           *[flag for flag in flags if flag not in presets], f"--max_minutes={args.minutes}", threads=args.threads,
+           cores=args.cores)
     load = (cpu_seconds()[0] - busy_before) / (time.time() - started)  # cores busy, this run included
     import torch  # here: the runs above start without it in this process's memory
 

@@ -159,6 +159,21 @@ def assert_clean_error(result, *fragments):
     return errors[0]
 
 
+def assert_same_loss_and_gradients(plain, other, x, y, loss_atol):
+    """Two models with the same weights give (x, y) the same training loss, and every parameter
+    the same gradient; float32, the sums in another order: rounding only."""
+    import torch
+
+    losses = []
+    for model in (plain, other):
+        _, loss = model(x, y)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=loss_atol)
+    for (name, p), q in zip(plain.named_parameters(), other.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def assert_same_optimizer_states(a, b):
     """The optimizers' states in checkpoints a and b are equal: the same optimizers, parameters and
     hyperparameters, tensor for tensor (printed, a large tensor shows only its rounded corners)."""
@@ -196,15 +211,18 @@ def tiny_data(tmp_path_factory, offline_tokenizer):
     return folder / "data"
 
 
+def train_tiny_run(data_dir, out_dir, *flags):
+    """out_dir, holding a finished run of TINY_RUN (and flags) on the data in data_dir."""
+    result = run_script("train.py", f"--data_dir={data_dir}", f"--out_dir={out_dir}", *TINY_RUN, *flags)
+    assert result.returncode == 0, result.stderr
+    return out_dir
+
+
 @pytest.fixture(scope="session")
 def trained_run(tiny_data, tmp_path_factory):
     """A finished tiny run (2 steps of TINY_RUN, evaluated at each), made once: tests that resume,
     refuse or damage a run work on a copy_of it."""
-    out_dir = tmp_path_factory.mktemp("trained")
-    result = run_script("train.py", f"--data_dir={tiny_data}", f"--out_dir={out_dir}", *TINY_RUN, "--max_iters=2",
-                        "--eval_interval=1")
-    assert result.returncode == 0, result.stderr
-    return out_dir
+    return train_tiny_run(tiny_data, tmp_path_factory.mktemp("trained"), "--max_iters=2", "--eval_interval=1")
 
 
 def copy_of(folder, tmp_path, name=None):

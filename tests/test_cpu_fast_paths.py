@@ -8,7 +8,7 @@ from torch.nn import functional as F
 import cpu_fast_paths
 from cpu_fast_paths import LinearCrossEntropy, PackedLinear, cheap_dropout, few_rows_linear, linear_cross_entropy
 from common import native_bf16
-from conftest import MODERN
+from conftest import MODERN, assert_same_loss_and_gradients
 from model import GPT, GPTConfig
 
 CONFIG = dict(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
@@ -262,14 +262,7 @@ def test_training_loss_and_gradients_equal_the_plain_model(options):
     x = torch.randint(0, 97, (3, 32), generator=torch.Generator().manual_seed(2))
     y = torch.roll(x, -1, dims=1)
     y[0, -5:] = -1
-    losses = []
-    for model in (plain, fast):
-        _, loss = model(x, y)
-        loss.backward()
-        losses.append(loss)
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
-    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_loss_and_gradients(plain, fast, x, y, loss_atol=1e-5)
 
 
 def test_modern_block_training_attention_with_dropout_matches_sdpa_when_nothing_is_dropped():

@@ -4,6 +4,7 @@ import torch
 from torch.nn import functional as F
 
 import gpu_fast_paths
+from conftest import assert_same_loss_and_gradients
 from gpu_fast_paths import ChunkedLossGPT, chunked_cross_entropy
 from model import GPT, GPTConfig
 
@@ -56,14 +57,7 @@ def test_the_model_trains_with_the_same_loss_and_gradients_and_saves_the_same_we
     x = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(1))
     y = torch.roll(x, -1, dims=1)
     y[0, -3:] = -1
-    losses = []
-    for model in (plain, chunked):
-        _, loss = model(x, y)
-        loss.backward()
-        losses.append(loss)
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    for (name, p), q in zip(plain.named_parameters(), chunked.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_loss_and_gradients(plain, chunked, x, y, loss_atol=1e-6)
     assert {k: v.shape for k, v in chunked.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
     with torch.no_grad():  # evaluation: the loss alone
         torch.testing.assert_close(chunked(x, y)[1], plain(x, y)[1], rtol=1e-5, atol=1e-6)

@@ -11,7 +11,7 @@ import tokenizer
 from checkpoint import load_checkpoint
 from common import UserError
 from conftest import (TINY_RUN, assert_clean_error, copy_of, make_stories, run_in_process, run_script,
-                      write_txt)
+                      train_tiny_run, write_txt)
 
 VOCAB = 384  # the tiny stories hold pairs for about 420 tokens
 
@@ -122,11 +122,8 @@ def own_data(tmp_path_factory, offline_tokenizer):
 
 @pytest.fixture(scope="module")
 def own_run(own_data, tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("own-run")
-    result = run_script("train.py", f"--data_dir={own_data}", f"--out_dir={out_dir}", *TINY_RUN, "--max_iters=4",
-                        "--eval_interval=2", "--learning_rate=3e-3")
-    assert result.returncode == 0, result.stderr
-    return out_dir
+    return train_tiny_run(own_data, tmp_path_factory.mktemp("own-run"), "--max_iters=4", "--eval_interval=2",
+                          "--learning_rate=3e-3")
 
 
 @pytest.mark.slow

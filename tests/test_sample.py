@@ -17,7 +17,8 @@ import sample
 from bench import learn_a_cycle
 import common
 from common import UserError, native_bf16
-from conftest import PROCESS_TIMEOUT, ROOT, TEST_DEVICE, TINY_RUN, assert_clean_error, run_in_process, run_script
+from conftest import (PROCESS_TIMEOUT, ROOT, TEST_DEVICE, assert_clean_error, run_in_process, run_script,
+                      train_tiny_run)
 from model import GPT, GPTConfig
 from tokenizer import EOT_TOKEN
 
@@ -264,11 +265,8 @@ def test_compile_without_the_kv_cache_is_refused():
 @pytest.fixture(scope="module")
 def story_run(tiny_data, tmp_path_factory):
     """A tiny model trained by train.py on the synthetic stories, for running sample.py on."""
-    out_dir = tmp_path_factory.mktemp("story-run")
-    result = run_script("train.py", f"--data_dir={tiny_data}", f"--out_dir={out_dir}", *TINY_RUN, "--max_iters=20",
-                        "--eval_interval=20", "--learning_rate=3e-3")
-    assert result.returncode == 0, result.stderr
-    return out_dir
+    return train_tiny_run(tiny_data, tmp_path_factory.mktemp("story-run"), "--max_iters=20", "--eval_interval=20",
+                          "--learning_rate=3e-3")
 
 
 @pytest.mark.slow
