@@ -77,4 +77,4 @@ def test_sample_says_in_one_line_how_to_install_a_tokenizer_it_cannot_load(offli
     (run / "config.json").write_text(json.dumps({"model_args": model_args, "config": {}}))
     assert_clean_error(run_in_process("sample.py", "--out_dir", run, "--max_new_tokens", "1"),
                        "cannot load the GPT-2 tokenizer (ConnectionError)", f"in {offline} with",
-                       "python tokenizer.py --install", "README 'Offline use'")
+                       "python tokenizer.py --install", "docs/offline.md")
