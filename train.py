@@ -535,6 +535,9 @@ def main():
             f"Resume with: python train.py --init_from=resume --out_dir={cfg.out_dir} (plus your other flags)")
     if tracker:
         tracker.finish()
+    # DDP's reducer first, while the process group lives: as its last holder, the reducer's destructor
+    # joins gloo's threads with the GIL held, and one needing the GIL hangs the exit (a PyTorch bug)
+    del model
     finish_distributed()
     if lock is not None:
         lock.close()  # out_dir is free for the next run
