@@ -25,7 +25,7 @@ import torch
 
 import sample
 import tokenizer
-from checkpoint import load_model
+from checkpoint import load_model, run_data_dir
 from common import ArgumentParser, UserError, run_main
 from data import bits_per_byte, load_meta
 from eval import evaluate
@@ -143,6 +143,8 @@ def main():
     model = load_model(checkpoint, "cpu")
     enc = tokenizer.load_run_tokenizer(checkpoint, model.config.vocab_size)
     data_dir = args.data_dir or run_data_dir(checkpoint)
+    if data_dir is None:
+        raise UserError(f"no config.json beside {checkpoint} names its data; give --data_dir")
     meta = load_meta(data_dir, model.config.block_size)
     tokenizer.check_data_for(checkpoint, data_dir, meta, checkpoint)
 
@@ -154,16 +156,6 @@ def main():
     figures = story_check([text for _, text, _ in results], [end for _, _, end in results],
                           TrainingText(training_words(data_dir, enc, args.train_tokens)))
     report(args, checkpoint, data_dir, bpb, figures, results)
-
-
-def run_data_dir(checkpoint):
-    import json
-
-    try:
-        with open(os.path.join(os.path.dirname(checkpoint), "config.json")) as f:
-            return json.load(f)["config"]["data_dir"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"no config.json beside {checkpoint} names its data; give --data_dir") from e
 
 
 def report(args, checkpoint, data_dir, bpb, figures, results):

@@ -489,6 +489,15 @@ def write_run_config(cfg, model_args, world_size, init, tokenizer_record):
     atomic_write(os.path.join(cfg.out_dir, "config.json"), lambda f: f.write(json.dumps(run_config, indent=2).encode()))
 
 
+def run_data_dir(path):
+    """The data_dir of the run whose file `path` is, from the config.json beside it; None if none says."""
+    try:
+        with open(os.path.join(os.path.dirname(path), "config.json")) as f:
+            return json.load(f)["config"]["data_dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def lock_out_dir(out_dir):
     """Claim out_dir for this run, so that a second train.py on it is refused; returns the open
     lock file, which holds the claim until this process ends. The operating system drops the

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import cpu_fast_paths
 import tokenizer
-from checkpoint import load_model
+from checkpoint import load_model, run_data_dir
 from common import ArgumentParser, UserError, resolve_device, run_main
 from data import bits_per_byte, load_meta
 
@@ -57,7 +57,8 @@ def parse_args(argv):
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--out_dir", default="out", help="the training run's folder")
     parser.add_argument("--checkpoint", help="weights to evaluate (default: OUT_DIR/best_model_params.pt)")
-    parser.add_argument("--data_dir", default="data", help="folder with the .bin files and meta.json of prepare.py")
+    parser.add_argument("--data_dir", help="folder with the .bin files and meta.json of prepare.py "
+                                           "(default: the run's, from its config.json, else data)")
     parser.add_argument("--split", default="validation", choices=("validation", "train"), help="which split to read")
     parser.add_argument("--batch_size", type=int, default=32, help="windows per forward pass (only speed and memory)")
     parser.add_argument("--max_tokens", type=int, default=0, help="read only the first N tokens (0 = the whole split)")
@@ -76,12 +77,13 @@ def main():
     checkpoint = args.checkpoint or os.path.join(args.out_dir, "best_model_params.pt")
     model = load_model(checkpoint, device)
     cpu_fast_paths.enable(model, device)  # only where it is faster: a CPU (here always float32)
-    meta = load_meta(args.data_dir, model.config.block_size)
-    tokenizer.check_data_for(checkpoint, args.data_dir, meta, checkpoint)
+    data_dir = args.data_dir or run_data_dir(checkpoint) or "data"
+    meta = load_meta(data_dir, model.config.block_size)
+    tokenizer.check_data_for(checkpoint, data_dir, meta, checkpoint)
     if meta["vocab_size"] > model.config.vocab_size:
-        raise UserError(f"{args.data_dir} has token ids up to {meta['vocab_size'] - 1} but the model's vocabulary "
+        raise UserError(f"{data_dir} has token ids up to {meta['vocab_size'] - 1} but the model's vocabulary "
                         f"is {model.config.vocab_size}; evaluate on data prepared with the model's tokenizer")
-    tokens = np.memmap(os.path.join(args.data_dir, f"{args.split}.bin"), dtype=np.uint16, mode="r")
+    tokens = np.memmap(os.path.join(data_dir, f"{args.split}.bin"), dtype=np.uint16, mode="r")
     if args.max_tokens:
         tokens = tokens[:args.max_tokens]
     split = meta["splits"][args.split]
@@ -89,7 +91,7 @@ def main():
     nats, count = evaluate(model, tokens, args.batch_size, device)
     loss = nats / count
     part = "" if len(tokens) == split["tokens"] else f" (the first {len(tokens):,} of {split['tokens']:,})"
-    print(f"{checkpoint} on {args.data_dir}/{args.split}.bin{part}, windows of {model.config.block_size} tokens")
+    print(f"{checkpoint} on {data_dir}/{args.split}.bin{part}, windows of {model.config.block_size} tokens")
     print(f"loss {loss:.4f} | perplexity {math.exp(min(loss, 50)):.2f} | {bits_per_byte(loss, split):.4f} bits/byte | "
           f"{count:,} tokens evaluated")
 

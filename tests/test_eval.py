@@ -132,6 +132,18 @@ def test_checkpoint_evaluates_those_weights_instead_of_the_runs_best(tmp_path):
     assert result.stdout.startswith(f"{tmp_path / 'elsewhere' / 'ckpt.pt'} on ")
 
 
+def test_without_data_dir_it_reads_the_data_the_run_trained_on(tmp_path):
+    tokens = random_tokens(BLOCK * 4)
+    model = write_run_and_data(tmp_path, tokens)
+    run_config = json.loads((tmp_path / "out/config.json").read_text())
+    run_config["config"]["data_dir"] = str(tmp_path / "data")  # as train.py records it
+    (tmp_path / "out/config.json").write_text(json.dumps(run_config))
+    result = run_in_process("eval.py", "--device", "cpu", "--out_dir", tmp_path / "out")
+    nats, count = reference_pass(model, tokens)
+    assert loss_printed(result) == pytest.approx(nats / count, abs=1e-4)
+    assert f" on {tmp_path / 'data'}/validation.bin" in result.stdout
+
+
 def test_missing_inputs_are_one_line_errors(tmp_path):
     write_run_and_data(tmp_path, random_tokens(100))
     result = run_in_process("eval.py", "--device", "cpu", "--out_dir", tmp_path / "out",
