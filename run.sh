@@ -63,4 +63,8 @@ python sample.py --out_dir="$out_dir" --num_samples=3
 
 echo "== done. The run is in $out_dir. Next:"
 echo "  python sample.py --out_dir=$out_dir --prompt \"Once upon a time\"   # more stories"
-echo "  python export.py --out_dir=$out_dir --to=${out_dir}-hf              # a Hugging Face folder"
+# export.py writes GPT-2's block only: a modern-block run (the laptop recipe's) has no Hugging Face form
+if python -c "import json, sys, export; a = json.load(open(sys.argv[1]))['model_args']
+sys.exit(any(a.get(k, v) != v for k, v in export.GPT2_OPTIONS.items()))" "$out_dir/config.json"; then
+  echo "  python export.py --out_dir=$out_dir --to=${out_dir}-hf              # a Hugging Face folder"
+fi

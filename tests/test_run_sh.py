@@ -65,6 +65,13 @@ def test_one_command_prepares_trains_evaluates_and_writes_stories(clone, first_r
 
 
 @pytest.mark.slow
+def test_a_modern_block_run_is_not_offered_an_export_it_cannot_do(clone, first_run):
+    result = run_sh(clone, "--input", clone / "stories.txt", "--out_dir=out-modern", "--pos_emb=rope", "--max_iters=2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "python sample.py --out_dir=out-modern" in result.stdout and "python export.py" not in result.stdout
+
+
+@pytest.mark.slow
 def test_run_again_it_skips_what_is_done_and_a_flag_for_train_py_takes_it_further(clone, first_run):
     ckpt = clone / "repo" / "out-tiny-stories" / "ckpt.pt"
     before = ckpt.read_bytes()
