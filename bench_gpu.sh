@@ -14,7 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${OUT:-bench-gpu}; DEVICE=${DEVICE:-cuda}; STEPS=${STEPS:-300}
 mkdir -p "$OUT"
-if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site; fi
+if [ -d .whl ]; then  # one by one: a wheel built for another Python is skipped, not fatal
+  for wheel in .whl/*.whl; do
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$wheel" 2> /dev/null || echo "skipped $wheel"
+  done
+  export PYTHONPATH=/tmp/site
+fi
 export TIKTOKEN_CACHE_DIR=/tmp/tiktoken PYTHONUNBUFFERED=1
 python3 tokenizer.py --install > /dev/null
 
