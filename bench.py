@@ -488,6 +488,16 @@ def record(path, key, title, text):
     atomic_write(path, lambda f: f.write(new.encode("utf-8")))
 
 
+def publish(script, details, body, output, key, title, no_record):
+    """Print one run's results (results_text, the command as `python SCRIPT` and this process's
+    arguments) and, unless no_record, record them in section `key` of `output`."""
+    text = results_text(recorded_command(script, sys.argv[1:]), details, body)
+    print(text)
+    if not no_record:
+        record(output, key, title, text)
+        print(f"recorded in {output}, section {key}")
+
+
 def cpu_seconds():
     """(CPU seconds used by all processes on the machine, by this process and its children)."""
     import resource
@@ -617,21 +627,16 @@ def main():
     (busy_before, own_before), (busy_after, own_after) = cpu_before, cpu_seconds()
     # what other processes took of the CPUs while this ran: their noise is in the numbers
     foreign = max(0.0, (busy_after - busy_before) - (own_after - own_before)) / (seconds * os.cpu_count())
-    command = recorded_command("bench.py", sys.argv[1:])
     details = (f"{machine()}; torch {torch.__version__}; {seconds / 60:.1f} min; other processes used "
                f"{100 * foreign:.0f}% of the CPUs meanwhile" + (f"\n\n{args.note}" if args.note else ""))
     kind = device_kind(device)
     sections = {"train": (f"train-{kind}", f"Training step ({kind})"), "sample": (f"sample-{kind}", f"Sampling ({kind})"),
                 "prepare": ("prepare", "prepare.py"), "plain": ("prepare-plain", "prepare.py, one document")}
     for topic, lines in rows.items():
-        key, title = sections[topic]
         body = "\n".join(["| figure | value | target | |", "|---|---|---|---|"]
                          + [f"| {' | '.join(row)} |" for row in lines])
-        text = results_text(command, details, body)
-        print(f"\n{text}")
-        if not args.no_record:
-            record(args.output, key, title, text)
-            print(f"recorded in {args.output}, section {key}")
+        print()
+        publish("bench.py", details, body, args.output, *sections[topic], args.no_record)
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def main():
 
 
 def report(args, rows, seconds):
-    from bench import machine, record, recorded_command, results_text
+    from bench import machine, publish
 
     pinned = f", pinned to core(s) {args.cores}" if args.cores else ""
     details = (f"{machine()}; each run {args.minutes:g} minutes of training on {args.threads} thread(s){pinned}; "
@@ -152,11 +152,7 @@ def report(args, rows, seconds):
         lines += [f"| {r['recipe']} |" + r["stories"].split("|", 2)[2] for r in rows]
         for r in rows:
             lines += ["", f"Stories of {r['recipe']}:", "", r["samples"]]
-    text = results_text(recorded_command("bench_budget.py", sys.argv[1:]), details, "\n".join(lines))
-    print(text)
-    if not args.no_record:
-        record(args.output, args.key, args.title, text)
-        print(f"recorded in {args.output}, section {args.key}")
+    publish("bench_budget.py", details, "\n".join(lines), args.output, args.key, args.title, args.no_record)
 
 
 if __name__ == "__main__":

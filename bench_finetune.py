@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from bench import cpu_seconds, machine, record, recorded_command, results_text
+from bench import cpu_seconds, machine, publish
 from common import ArgumentParser, UserError, run_main
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -175,15 +175,11 @@ def main():
             reach = steps_to_reach(scratch_final, runs[name])
             text = f"{reach:.0f} of {args.steps}" if reach is not None else f"not within {args.steps}"
             lines.append(f"- {name}: reaches scratch's final val loss {scratch_final:.4f} at step {text}")
-    report = results_text(recorded_command("bench_finetune.py", sys.argv[1:]), details, "\n".join(lines))
-    print(report)
+    publish("bench_finetune.py", details, "\n".join(lines), args.output, "finetune", "Fine-tuning", args.no_record)
     print(f"sample before (the pretrained run), prompt {args.prompt!r}:\n{sample(pretrained, args.prompt)}\n")
     print(f"sample after ({best}):\n{sample(out_dirs[best], args.prompt)}\n")
     print(f"sample of scratch:\n{sample(out_dirs['scratch'], args.prompt)}\n")
     print(f"plot: {args.plot}")
-    if not args.no_record:
-        record(args.output, "finetune", "Fine-tuning", report)
-        print(f"recorded in {args.output}, section finetune")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import torch
 
 import config
 import cpu_fast_paths
-from bench import cpu_seconds, device_kind, machine, record, recorded_command, results_text, verdict
+from bench import cpu_seconds, device_kind, machine, publish, verdict
 from common import ArgumentParser, UserError, resolve_device, run_main
 from eval import evaluate
 from model import GPT, GPTConfig
@@ -265,12 +265,8 @@ def main():
     else:
         key, title = f"{args.archs[0]}-vs-{args.archs[1]}-{kind}", f"{args.archs[1]} against {args.archs[0]} ({kind})"
         body = report_archs(args, sweep, best, budgets)
-    text = results_text(recorded_command("bench_optimizers.py", sys.argv[1:]),
-                        settings(args, sweep, len(tokens["validation"]), seconds, foreign), body)
-    print(text)
-    if not args.no_record:
-        record(args.output, key, title, text)
-        print(f"recorded in {args.output}, section {key}")
+    publish("bench_optimizers.py", settings(args, sweep, len(tokens["validation"]), seconds, foreign), body,
+            args.output, key, title, args.no_record)
 
 
 def settings(args, sweep, val_tokens, seconds, foreign):

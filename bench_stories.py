@@ -18,7 +18,6 @@ Words are whitespace-separated, so the figures compare across tokenizers. It rec
 and three unedited stories in BENCHMARKS.md, section --key (--no_record: print only).
 """
 import os
-import sys
 
 import numpy as np
 import torch
@@ -162,7 +161,7 @@ def report(args, checkpoint, data_dir, bpb, figures, results):
     row = (f"| {args.label or args.out_dir} | {bpb:.4f} | {figures['ended']:.0%} | {figures['repetition_4gram']:.1%} | "
            f"{figures['copied_8gram']:.1%} | {figures['longest_copy_words']} | {figures['distinct_2']:.3f} | "
            f"{figures['mean_words']:.0f} |")
-    from bench import machine, record, recorded_command, results_text
+    from bench import machine, publish
 
     details = (f"{machine()}; {figures['stories']} stories of at most {args.max_new_tokens} tokens from {len(PROMPTS)} "
                "prompts (temperature 0.8, top-k 200); held-out bits/byte on the validation split of the run's data")
@@ -170,11 +169,7 @@ def report(args, checkpoint, data_dir, bpb, figures, results):
              "longest copy (words) | distinct-2 | words per story |",
              "|---|---|---|---|---|---|---|---|", row, "", "Three stories, unedited:", ""]
     lines += [f"> {text.strip()}".replace("\n", "\n> ") + "\n" for _, text, _ in results[:: max(1, len(results) // 3)][:3]]
-    text = results_text(recorded_command("bench_stories.py", sys.argv[1:]), details, "\n".join(lines))
-    print(text)
-    if not args.no_record:
-        record(args.output, args.key, "Stories", text)
-        print(f"recorded in {args.output}, section {args.key}")
+    publish("bench_stories.py", details, "\n".join(lines), args.output, args.key, "Stories", args.no_record)
 
 
 if __name__ == "__main__":

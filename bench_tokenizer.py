@@ -130,7 +130,7 @@ def mixed_text(text_path, mb, path):
 
 
 def main():
-    from bench import machine, record, recorded_command, results_text  # torch with it: not in the learning child's memory
+    from bench import machine, publish  # torch with it: not in the learning child's memory
 
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--train_text", required=True, help="stories to learn from, in the TinyStories .txt layout")
@@ -194,11 +194,7 @@ def main():
     table = ["| tokenizer | vocabulary | learning time | peak RSS | held-out bytes/token |", "|---|---|---|---|---|"]
     table += [f"| {' | '.join(row)} |" for row in lines]
     table += ["", "| figure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rates]
-    text = results_text(recorded_command("bench_tokenizer.py", sys.argv[1:]), details, "\n".join(table))
-    print(text)
-    if not args.no_record:
-        record(args.output, "tokenizers", "Tokenizers", text)
-        print(f"recorded in {args.output}, section tokenizers")
+    publish("bench_tokenizer.py", details, "\n".join(table), args.output, "tokenizers", "Tokenizers", args.no_record)
 
 
 if __name__ == "__main__":
