@@ -436,9 +436,9 @@ def save_checkpoint(path, model, optimizers, scaler, model_args, cfg, step, best
         return
     # the config records the optimizer (--optimizer) that made the optimizer states
     save({"model": model.state_dict(), "scaler": scaler.state_dict(),
-                     "optimizer": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
-                     "model_args": model_args, "config": vars(cfg), "step": step, "best_val_loss": best_val_loss,
-                     "train_seconds": train_seconds, "rng": states, "wandb_run_id": wandb_run_id, "init": init}, path)
+          "optimizer": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+          "model_args": model_args, "config": vars(cfg), "step": step, "best_val_loss": best_val_loss,
+          "train_seconds": train_seconds, "rng": states, "wandb_run_id": wandb_run_id, "init": init}, path)
 
 
 def resume(path, model, optimizers, optimizer_name, scaler, model_args, rank, world_size, log):

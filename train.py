@@ -415,8 +415,8 @@ def main():
         seed_rng(cfg.seed + rank)  # after the init: each rank its own dropout masks
     step, best_val_loss, train_seconds, wandb_run_id = 0, float("inf"), 0.0, None
     if cfg.init_from == "resume":
-        step, best_val_loss, train_seconds, wandb_run_id = checkpoint.resume(ckpt_path, raw_model, optimizers, cfg.optimizer,
-                                                                  scaler, model_args, rank, world_size, log)
+        step, best_val_loss, train_seconds, wandb_run_id = checkpoint.resume(
+            ckpt_path, raw_model, optimizers, cfg.optimizer, scaler, model_args, rank, world_size, log)
     resumed_at = step if cfg.init_from == "resume" else None
     clock = TrainingClock(step, train_seconds, cfg.max_minutes)  # a resumed budget goes on where it stopped
     if resumed_at is not None and (step >= cfg.max_iters or clock.out_of_time(step)):
@@ -462,8 +462,8 @@ def main():
             if (step % cfg.eval_interval == 0 or finished) and step != resumed_at:
                 eval_started = time.time()
                 losses = estimate_loss(eval_model, cfg, rank, world_size, device, autocast)
-                row = checkpoint.metrics_row(step, losses, get_lr(clock.schedule_position(step, cfg), cfg), tokens_per_step,
-                                  meta["splits"]["validation"], time.time() - start_time)
+                row = checkpoint.metrics_row(step, losses, get_lr(clock.schedule_position(step, cfg), cfg),
+                                             tokens_per_step, meta["splits"]["validation"], time.time() - start_time)
                 log(f"eval step {step}: train loss {losses['train']:.4f} | val loss {row['val_loss']:.4f}, "
                     f"perplexity {row['val_perplexity']:.2f}, {row['val_bits_per_byte']:.4f} bits/byte")
                 if master:
